@@ -1,0 +1,37 @@
+# Every target sets itself up: a virtual environment in .venv, installed from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-quick soak clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,lint,bench]'
+	touch $(STAMP)
+
+# The main job: gunicorn serves examples/flask_download.py through the middleware.
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
+
+soak: $(STAMP)
+	$(BIN)/python -m pytest tests/test_load.py --soak -p no:randomly
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,268 @@
+"""The cleanup of one response: a registry of hooks bound to the body's ``close()``.
+
+A WSGI server says a response is finished by calling ``close()`` on the body the application
+returned. :class:`ResponseCleanup` is created per request by
+:class:`~cleanup_middleware.CleanupMiddleware`, stored in the environ, and put in that ``close()``
+path without standing between the server and the body's chunks:
+
+* an ordinary body (a list, a generator, any iterable) is returned to the server inside the
+  :class:`ResponseCleanup` itself, whose ``__iter__`` hands back the body's own iterator, so no
+  Python code of ours runs per chunk;
+* a body made by the server's ``wsgi.file_wrapper`` goes back to the server as the very same
+  object, with its ``close`` attribute pointed at :meth:`ResponseCleanup.close` (as Django does),
+  so the server still recognises it and sends the file with ``sendfile()``.
+
+:func:`add_cleanup` and :func:`enter_context` are the public ways to register hooks on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+__all__ = ["ENVIRON_KEY", "ResponseCleanup", "add_cleanup", "enter_context"]
+
+#: The environ key under which the middleware keeps the request's :class:`ResponseCleanup`.
+ENVIRON_KEY = "cleanup_middleware.cleanup"
+
+logger = logging.getLogger("cleanup_middleware")
+
+_T = TypeVar("_T")
+_ExitFunc = Callable[
+    [Optional[type[BaseException]], Optional[BaseException], Optional[TracebackType]], Any
+]
+# A registered hook: (fn, args, kwargs), or (exit, None, None) for a context manager's __exit__.
+_Entry = tuple[Callable[..., Any], Optional[tuple[Any, ...]], Optional[dict[str, Any]]]
+
+# File wrapper classes whose instances refused a new ``close``; each is logged once.
+_unpatchable_types: set[type] = set()
+
+
+class ResponseCleanup:
+    """The hooks of one response, run exactly once when the server closes its body.
+
+    Not created by users: :class:`~cleanup_middleware.CleanupMiddleware` makes one per request
+    and stores it as ``environ["cleanup_middleware.cleanup"]``. Register hooks with
+    :func:`add_cleanup` and :func:`enter_context`.
+
+    :meth:`close` closes the body first (so a file is closed before a hook deletes it), then runs
+    the hooks last-registered-first, in the manner of :class:`contextlib.ExitStack`. Every hook
+    runs even when the body's ``close()`` or another hook raises; hook failures are logged on the
+    ``cleanup_middleware`` logger with the request's method and path.
+
+    :param environ: the request's WSGI environ.
+    :param raise_hook_errors: after every hook ran, raise a hook's exception from :meth:`close`
+        instead of only logging it (meant for tests).
+    """
+
+    __slots__ = ("_body", "_close_body", "_entries", "_environ", "_failure", "_raise")
+
+    def __init__(self, environ: WSGIEnvironment, raise_hook_errors: bool = False) -> None:
+        # None from the moment close() starts: it runs once.
+        self._environ: WSGIEnvironment | None = environ
+        # None once close() finished: registering then is an error.
+        self._entries: list[_Entry] | None = []
+        self._raise = raise_hook_errors
+        self._failure: BaseException | None = None
+        # Both set by bind(); _body only in the one case that iterates it.
+        self._close_body: Callable[[], object] | None = None
+
+    def record_failure(self, exc: BaseException) -> None:
+        """Note that the request failed although the application returned (an error page).
+
+        Context managers entered with :func:`enter_context` are then told of ``exc`` at close
+        even when the server closes the body normally.
+        """
+        if self._failure is None:
+            self._failure = exc
+
+    def bind(self, body: Iterable[bytes]) -> Iterable[bytes]:
+        """Return what the server should get in place of the application's ``body``."""
+        file_wrapper = self._environ.get("wsgi.file_wrapper")  # type: ignore[union-attr]
+        if file_wrapper is not None and (
+            # gunicorn, waitress and wsgiref test with isinstance; uWSGI's file_wrapper is a
+            # function that returns the file itself and the server tests identity.
+            isinstance(body, file_wrapper)
+            if isinstance(file_wrapper, type)
+            else hasattr(body, "read")
+        ):
+            close_body = getattr(body, "close", None)
+            try:
+                body.close = self.close  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):
+                _log_unpatchable(type(body))
+            else:
+                self._close_body = close_body
+                return body
+        self._body = body
+        self._close_body = getattr(body, "close", None)
+        return self
+
+    def __iter__(self) -> Iterator[bytes]:
+        # The body's own iterator: the server's next() calls never enter Python code of ours.
+        return iter(self._body)
+
+    def close(self) -> None:
+        """Close the body, then run every hook once, last-registered-first.
+
+        Context managers are told of the exception the request failed with: one recorded
+        by :meth:`record_failure`, else the one the server is handling while it calls
+        ``close()`` (an error from the body, a client that went away). After every hook ran, an
+        exception from the body's own ``close()`` propagates unchanged; a hook's
+        ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``, ``SystemExit``)
+        propagates; other hook errors propagate only with ``raise_hook_errors``. Calling it again
+        does nothing.
+        """
+        environ = self._environ
+        if environ is None:
+            return
+        # From here on the response is closing: a second close() returns above.
+        self._environ = None
+        body_error: BaseException | None = None
+        if self._close_body is not None:
+            try:
+                self._close_body()
+            except BaseException as exc:
+                body_error = exc
+        hook_error: BaseException | None = None
+        entries = self._entries
+        # pop() until empty, so hooks registered meanwhile (by a hook, say) run too.
+        while entries:
+            fn, args, kwargs = entries.pop()
+            try:
+                if args is None:
+                    # Looked up only for context managers: plain hooks need no failure.
+                    failure = self._failure or body_error or sys.exc_info()[1]
+                    fn(type(failure) if failure else None, failure, failure and failure.__traceback__)
+                else:
+                    fn(*args, **kwargs)  # type: ignore[arg-type]
+            except BaseException as exc:
+                hook_error = _hook_failed(environ, fn, exc, hook_error)
+        # Closed: drop the references that tie the environ, the body and the hooks together.
+        self._entries = None
+        self._close_body = None
+        self._body = ()
+        if hook_error is not None and not isinstance(hook_error, Exception):
+            raise hook_error
+        if body_error is not None:
+            raise body_error
+        if hook_error is not None and self._raise:
+            raise hook_error
+
+
+def _hook_failed(
+    environ: WSGIEnvironment, fn: Callable[..., Any], exc: BaseException, earlier: BaseException | None
+) -> BaseException:
+    """Log a hook's failure; return the error close() would raise after the others ran."""
+    logger.error(
+        "cleanup hook %r failed for %s %s",
+        fn,
+        environ.get("REQUEST_METHOD", "?"),
+        environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
+        exc_info=exc,
+    )
+    if earlier is None:
+        return exc
+    # Like ExitStack: the last error carries the earlier ones as __context__ ...
+    if exc.__context__ is None:
+        exc.__context__ = earlier
+    # ... except that a KeyboardInterrupt or SystemExit outranks ordinary errors.
+    return exc if isinstance(earlier, Exception) else earlier
+
+
+def _log_unpatchable(body_type: type) -> None:
+    if body_type not in _unpatchable_types:
+        _unpatchable_types.add(body_type)
+        logger.debug(
+            "cannot set close() on %s.%s; wrapping it instead, so the server will iterate "
+            "this file body rather than use sendfile()",
+            body_type.__module__,
+            body_type.__qualname__,
+        )
+
+
+def _not_wrapped(environ: object, call: str) -> Exception:
+    if not isinstance(environ, dict):
+        return TypeError(f"{call}() takes the WSGI environ dict as its first argument, got {environ!r}")
+    return RuntimeError(
+        f"{call}() needs an environ that passed through CleanupMiddleware, and this one did not; "
+        "wrap the WSGI application: app = CleanupMiddleware(app) (for Flask: "
+        "cleanup_middleware.flask.init_app(app))"
+    )
+
+
+def _closed_error(call: str) -> RuntimeError:
+    return RuntimeError(
+        f"{call}() was called after the response was closed, so the hook would never run; "
+        "register it while the request is handled or its body is being sent"
+    )
+
+
+def add_cleanup(environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+    """Run ``fn(*args, **kwargs)`` once, when the server closes this request's response.
+
+    Hooks run after the body is closed, last-registered-first. A hook that raises is logged
+    and the others still run.
+
+    :raises RuntimeError: ``environ`` did not pass through :class:`CleanupMiddleware`, or its
+        response was already closed.
+    :raises TypeError: ``fn`` is not callable.
+
+    Example::
+
+        add_cleanup(environ, os.unlink, tmp_path)
+    """
+    try:
+        entries = environ[ENVIRON_KEY]._entries
+    except (KeyError, TypeError):
+        raise _not_wrapped(environ, "add_cleanup") from None
+    if not callable(fn):
+        raise TypeError(
+            f"add_cleanup() needs a callable to run at close, got {fn!r} "
+            f"({type(fn).__name__}); pass the function itself, not its result"
+        )
+    if entries is None:
+        raise _closed_error("add_cleanup")
+    entries.append((fn, args, kwargs))
+
+
+def enter_context(environ: WSGIEnvironment, cm: ContextManager[_T]) -> _T:
+    """Enter the context manager ``cm`` now and exit it when this request's response closes.
+
+    Returns what ``cm.__enter__()`` returned, like :meth:`contextlib.ExitStack.enter_context`.
+    Its ``__exit__`` is called with the exception the request failed with: one the application
+    raised, or the one the server was handling when it closed the body (an error while sending,
+    a client that went away); with ``(None, None, None)`` otherwise. Its return value is
+    ignored: by then there is nothing left to suppress.
+
+    :raises RuntimeError: as :func:`add_cleanup`.
+    :raises TypeError: ``cm`` is not a context manager.
+
+    Example::
+
+        conn = enter_context(environ, closing(sqlite3.connect(path)))
+    """
+    try:
+        entries = environ[ENVIRON_KEY]._entries
+    except (KeyError, TypeError):
+        raise _not_wrapped(environ, "enter_context") from None
+    cls = type(cm)
+    try:
+        enter = cls.__enter__
+        exit_: _ExitFunc = cls.__exit__  # type: ignore[assignment]
+    except AttributeError:
+        raise TypeError(
+            f"enter_context() needs a context manager, got a {cls.__module__}.{cls.__qualname__} "
+            "object without __enter__/__exit__"
+        ) from None
+    if entries is None:
+        raise _closed_error("enter_context")
+    result: _T = enter(cm)
+    entries.append((exit_.__get__(cm, cls), None, None))
+    return result

@@ -1,0 +1,81 @@
+"""Run per-request cleanup once the response is finished, without losing ``sendfile()``.
+
+The WSGI way to learn that a response is finished is the server's call to ``close()`` on the
+body. Werkzeug drops ``response.call_on_close`` callbacks when ``direct_passthrough`` is on (the
+default for ``send_file``), and the usual ways of wrapping a body (``ClosingIterator``, a
+generator, a proxy class) hide the server's ``wsgi.file_wrapper`` object, so the server stops
+sending files with ``sendfile()``. :class:`CleanupMiddleware` gives each request a registry of
+cleanup hooks and binds it to the body's ``close()`` in a way that keeps both.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from .cleanup import ENVIRON_KEY, ResponseCleanup
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["CleanupMiddleware"]
+
+
+class CleanupMiddleware:
+    """Run the cleanup hooks of each request exactly once, when the server closes the response.
+
+    Hooks are registered during the request with :func:`~cleanup_middleware.add_cleanup` and
+    :func:`~cleanup_middleware.enter_context`. They run after the body's own ``close()``,
+    last-registered-first, whatever the application returned: a list, a generator, any
+    iterable, or the server's ``wsgi.file_wrapper`` object, which goes back to the server
+    unchanged so that it can still use ``sendfile()``. If the application raises, the hooks
+    registered so far run and the exception propagates unchanged.
+
+    Nesting the middleware in itself is harmless: the outermost one owns the request and the
+    inner ones pass it straight through.
+
+    :param app: the WSGI application to wrap.
+    :param on_hook_error: ``"log"`` (the default) logs a failing hook on the
+        ``cleanup_middleware`` logger, with the request method and path, and carries on;
+        ``"raise"`` also raises it from ``close()`` after every hook ran, which is meant for
+        tests.
+
+    Example::
+
+        from cleanup_middleware import CleanupMiddleware, add_cleanup
+
+        def app(environ, start_response):
+            path = make_report()
+            add_cleanup(environ, os.unlink, path)
+            start_response("200 OK", [("Content-Type", "application/pdf")])
+            return environ["wsgi.file_wrapper"](open(path, "rb"))
+
+        app = CleanupMiddleware(app)
+    """
+
+    def __init__(self, app: WSGIApplication, *, on_hook_error: Literal["log", "raise"] = "log") -> None:
+        if on_hook_error not in ("log", "raise"):
+            raise ValueError(
+                f"CleanupMiddleware(on_hook_error={on_hook_error!r}): use 'log' or 'raise'"
+            )
+        self.app = app
+        self.on_hook_error = on_hook_error
+        self._raise_hook_errors = on_hook_error == "raise"
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if ENVIRON_KEY in environ:
+            # An outer CleanupMiddleware owns this request and will close it.
+            return self.app(environ, start_response)
+        cleanup = environ[ENVIRON_KEY] = ResponseCleanup(environ, self._raise_hook_errors)
+        try:
+            body = self.app(environ, start_response)
+        except BaseException:
+            # close() tells the hooks of the exception being handled and logs their failures;
+            # the application's exception is what the server must see.
+            try:
+                cleanup.close()
+            except BaseException:
+                pass
+            raise
+        return cleanup.bind(body)
