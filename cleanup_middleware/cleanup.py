@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -34,11 +37,24 @@ ENVIRON_KEY = "cleanup_middleware.cleanup"
 logger = logging.getLogger("cleanup_middleware")
 
 _T = TypeVar("_T")
-_ExitFunc = Callable[
-    [Optional[type[BaseException]], Optional[BaseException], Optional[TracebackType]], Any
-]
-# A registered hook: (fn, args, kwargs), or (exit, None, None) for a context manager's __exit__.
-_Entry = tuple[Callable[..., Any], Optional[tuple[Any, ...]], Optional[dict[str, Any]]]
+_ExitFunc = Callable[[type[BaseException] | None, BaseException | None, TracebackType | None], Any]
+
+
+class _ContextExit:
+    """A registered context manager's bound ``__exit__``, to be told of the request's failure."""
+
+    __slots__ = ("exit",)
+
+    def __init__(self, exit_: _ExitFunc) -> None:
+        self.exit = exit_
+
+    def __repr__(self) -> str:
+        return repr(self.exit)
+
+
+# A registered hook: a callable taking no arguments (the user's function, or a partial binding
+# its arguments), or a _ContextExit.
+_Entry = Callable[[], Any] | _ContextExit
 
 # File wrapper classes whose instances refused a new ``close``; each is logged once.
 _unpatchable_types: set[type] = set()
@@ -134,16 +150,19 @@ class ResponseCleanup:
         entries = self._entries
         # pop() until empty, so hooks registered meanwhile (by a hook, say) run too.
         while entries:
-            fn, args, kwargs = entries.pop()
+            entry = entries.pop()
             try:
-                if args is None:
+                if entry.__class__ is _ContextExit:
                     # Looked up only for context managers: plain hooks need no failure.
                     failure = self._failure or body_error or sys.exc_info()[1]
-                    fn(type(failure) if failure else None, failure, failure and failure.__traceback__)
+                    if failure is None:
+                        entry.exit(None, None, None)
+                    else:
+                        entry.exit(type(failure), failure, failure.__traceback__)
                 else:
-                    fn(*args, **kwargs)  # type: ignore[arg-type]
+                    entry()  # type: ignore[operator]
             except BaseException as exc:
-                hook_error = _hook_failed(environ, fn, exc, hook_error)
+                hook_error = _hook_failed(environ, entry, exc, hook_error)
         # Closed: drop the references that tie the environ, the body and the hooks together.
         self._entries = None
         self._close_body = None
@@ -155,18 +174,39 @@ class ResponseCleanup:
         if hook_error is not None and self._raise:
             raise hook_error
 
+    def __del__(self) -> None:
+        # A last resort for a server or outer middleware that never calls close(): the hooks
+        # run when the garbage collector reclaims the request, whenever and in whatever thread
+        # that happens.
+        if self._environ is not None:
+            self._close_abandoned()
+
+    def _close_abandoned(self) -> None:
+        environ = self._environ or {}
+        warnings.warn(
+            f"the response to {_describe(environ)} was never closed; its cleanup hooks ran only "
+            "when it was garbage-collected. The server or a middleware outside CleanupMiddleware "
+            "must call close() on the response body (PEP 3333)",
+            ResourceWarning,
+            source=self,
+            stacklevel=1,
+        )
+        self.close()
+
+
+def _describe(environ: WSGIEnvironment) -> str:
+    """The request's method and path, for messages."""
+    return (
+        f"{environ.get('REQUEST_METHOD', '?')} "
+        f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"
+    )
+
 
 def _hook_failed(
-    environ: WSGIEnvironment, fn: Callable[..., Any], exc: BaseException, earlier: BaseException | None
+    environ: WSGIEnvironment, hook: _Entry, exc: BaseException, earlier: BaseException | None
 ) -> BaseException:
     """Log a hook's failure; return the error close() would raise after the others ran."""
-    logger.error(
-        "cleanup hook %r failed for %s %s",
-        fn,
-        environ.get("REQUEST_METHOD", "?"),
-        environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
-        exc_info=exc,
-    )
+    logger.error("cleanup hook %r failed for %s", hook, _describe(environ), exc_info=exc)
     if earlier is None:
         return exc
     # Like ExitStack: the last error carries the earlier ones as __context__ ...
@@ -189,7 +229,9 @@ def _log_unpatchable(body_type: type) -> None:
 
 def _not_wrapped(environ: object, call: str) -> Exception:
     if not isinstance(environ, dict):
-        return TypeError(f"{call}() takes the WSGI environ dict as its first argument, got {environ!r}")
+        return TypeError(
+            f"{call}() takes the WSGI environ dict as its first argument, got {environ!r}"
+        )
     return RuntimeError(
         f"{call}() needs an environ that passed through CleanupMiddleware, and this one did not; "
         "wrap the WSGI application: app = CleanupMiddleware(app) (for Flask: "
@@ -204,7 +246,9 @@ def _closed_error(call: str) -> RuntimeError:
     )
 
 
-def add_cleanup(environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+def add_cleanup(
+    environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> None:
     """Run ``fn(*args, **kwargs)`` once, when the server closes this request's response.
 
     Hooks run after the body is closed, last-registered-first. A hook that raises is logged
@@ -229,10 +273,10 @@ def add_cleanup(environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any,
         )
     if entries is None:
         raise _closed_error("add_cleanup")
-    entries.append((fn, args, kwargs))
+    entries.append(partial(fn, *args, **kwargs) if args or kwargs else fn)
 
 
-def enter_context(environ: WSGIEnvironment, cm: ContextManager[_T]) -> _T:
+def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _T:
     """Enter the context manager ``cm`` now and exit it when this request's response closes.
 
     Returns what ``cm.__enter__()`` returned, like :meth:`contextlib.ExitStack.enter_context`.
@@ -264,5 +308,5 @@ def enter_context(environ: WSGIEnvironment, cm: ContextManager[_T]) -> _T:
     if entries is None:
         raise _closed_error("enter_context")
     result: _T = enter(cm)
-    entries.append((exit_.__get__(cm, cls), None, None))
+    entries.append(_ContextExit(exit_.__get__(cm, cls)))
     return result

@@ -43,7 +43,7 @@ def init_app(app: Flask, **options: Any) -> Flask:
     """
     if not issubclass(app.response_class, CleanupResponseMixin):
         base = app.response_class
-        app.response_class = type(base.__name__, (CleanupResponseMixin, base), {})  # type: ignore[assignment]
+        app.response_class = type(base.__name__, (CleanupResponseMixin, base), {})
     if not isinstance(app.wsgi_app, CleanupMiddleware):
         app.wsgi_app = CleanupMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
     got_request_exception.connect(_record_failure, app)

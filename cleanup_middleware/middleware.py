@@ -10,6 +10,7 @@ cleanup hooks and binds it to the body's ``close()`` in a way that keeps both.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import TYPE_CHECKING, Literal
 
 from .cleanup import ENVIRON_KEY, ResponseCleanup
@@ -54,7 +55,9 @@ class CleanupMiddleware:
         app = CleanupMiddleware(app)
     """
 
-    def __init__(self, app: WSGIApplication, *, on_hook_error: Literal["log", "raise"] = "log") -> None:
+    def __init__(
+        self, app: WSGIApplication, *, on_hook_error: Literal["log", "raise"] = "log"
+    ) -> None:
         if on_hook_error not in ("log", "raise"):
             raise ValueError(
                 f"CleanupMiddleware(on_hook_error={on_hook_error!r}): use 'log' or 'raise'"
@@ -73,9 +76,7 @@ class CleanupMiddleware:
         except BaseException:
             # close() tells the hooks of the exception being handled and logs their failures;
             # the application's exception is what the server must see.
-            try:
+            with suppress(BaseException):
                 cleanup.close()
-            except BaseException:
-                pass
             raise
         return cleanup.bind(body)

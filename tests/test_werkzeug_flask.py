@@ -1,0 +1,194 @@
+"""``response.call_on_close`` in every passthrough mode, with Flask and plain Werkzeug.
+
+In-process, with a server-style loop and gunicorn's own file wrapper class in the environ;
+test_servers.py does the same through real servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, send_file
+from gunicorn.http.wsgi import FileWrapper
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request, Response
+
+import cleanup_middleware.flask
+from cleanup_middleware import CleanupMiddleware, enter_context
+from cleanup_middleware.response import CleanupResponse, CleanupResponseMixin
+
+
+def environ_for(path: str = "/", method: str = "GET") -> dict[str, Any]:
+    environ = EnvironBuilder(path=path, method=method).get_environ()
+    environ["wsgi.file_wrapper"] = FileWrapper
+    return environ
+
+
+def serve(app: Any, environ: dict[str, Any]) -> tuple[Any, bytes]:
+    """Call the app like gunicorn's sync worker: file wrapper check, iterate, close."""
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    try:
+        if isinstance(body, environ["wsgi.file_wrapper"]):
+            data = body.filelike.read()  # where gunicorn would call sendfile()
+        else:
+            data = b"".join(body)
+    finally:
+        body.close()
+    return body, data
+
+
+@pytest.fixture
+def flask_app(tmp_path: Path) -> tuple[Flask, list[str]]:
+    app = Flask(__name__)
+    cleanup_middleware.flask.init_app(app)
+    closed: list[str] = []
+
+    @app.get("/download")
+    def download() -> Response:
+        path = tmp_path / "report.txt"
+        path.write_bytes(b"report body")
+        response = send_file(path)
+        response.call_on_close(lambda: closed.append("download"))
+        response.call_on_close(path.unlink)
+        return response
+
+    @app.get("/buffered")
+    def buffered() -> Response:
+        response = send_file(tmp_path / "static.txt")
+        response.direct_passthrough = False
+        response.call_on_close(lambda: closed.append("buffered"))
+        return response
+
+    @app.get("/plain")
+    def plain() -> Response:
+        response = Response("hello")
+        response.call_on_close(lambda: closed.append("plain"))
+        return response
+
+    (tmp_path / "static.txt").write_bytes(b"static")
+    return app, closed
+
+
+def test_flask_send_file_passthrough_keeps_file_wrapper_and_runs_call_on_close(
+    flask_app: tuple[Flask, list[str]], tmp_path: Path
+) -> None:
+    app, closed = flask_app
+    body, data = serve(app, environ_for("/download"))
+    assert isinstance(body, FileWrapper), "gunicorn must still see its own file wrapper"
+    assert data == b"report body"
+    assert closed == ["download"]
+    assert not (tmp_path / "report.txt").exists()
+
+
+@pytest.mark.parametrize(("path", "name"), [("/buffered", "buffered"), ("/plain", "plain")])
+def test_flask_call_on_close_without_passthrough_runs_exactly_once(
+    flask_app: tuple[Flask, list[str]], path: str, name: str
+) -> None:
+    app, closed = flask_app
+    _, data = serve(app, environ_for(path))
+    assert data in (b"static", b"hello")
+    assert closed == [name]
+
+
+def test_flask_head_request_on_send_file_runs_call_on_close_once(
+    flask_app: tuple[Flask, list[str]], tmp_path: Path
+) -> None:
+    app, closed = flask_app
+    _, data = serve(app, environ_for("/download", method="HEAD"))
+    assert data == b""
+    assert closed == ["download"]
+    assert not (tmp_path / "report.txt").exists()
+
+
+def test_init_app_is_idempotent_and_keeps_the_apps_response_class() -> None:
+    class MyResponse(Flask.response_class):
+        default_mimetype = "text/csv"
+
+    app = Flask(__name__)
+    app.response_class = MyResponse
+    cleanup_middleware.flask.init_app(app)
+    wsgi_app, response_class = app.wsgi_app, app.response_class
+    cleanup_middleware.flask.init_app(app)
+    assert app.wsgi_app is wsgi_app and app.response_class is response_class
+    assert issubclass(app.response_class, MyResponse)
+    assert issubclass(app.response_class, CleanupResponseMixin)
+    assert isinstance(app.wsgi_app, CleanupMiddleware)
+
+
+def test_flask_error_page_tells_context_managers_the_request_failed() -> None:
+    app = Flask(__name__)
+    cleanup_middleware.flask.init_app(app)
+    exits: list[Any] = []
+
+    class Transaction:
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+            exits.append(exc_type)
+
+    @app.get("/fails")
+    def fails() -> str:
+        from flask import request
+
+        enter_context(request.environ, Transaction())
+        raise ValueError("view failed")
+
+    @app.get("/works")
+    def works() -> str:
+        from flask import request
+
+        enter_context(request.environ, Transaction())
+        return "ok"
+
+    serve(app, environ_for("/fails"))
+    serve(app, environ_for("/works"))
+    assert exits == [ValueError, None]
+
+
+def test_werkzeug_cleanup_response_passthrough_runs_call_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"werkzeug")
+    closed: list[str] = []
+
+    @Request.application  # type: ignore[arg-type]
+    def app(request: Request) -> Response:
+        response = CleanupResponse(
+            request.environ["wsgi.file_wrapper"](open(path, "rb")), direct_passthrough=True
+        )
+        response.call_on_close(lambda: closed.append("closed"))
+        return response
+
+    body, data = serve(CleanupMiddleware(app), environ_for())
+    assert isinstance(body, FileWrapper) and data == b"werkzeug"
+    assert closed == ["closed"]
+
+
+def test_werkzeug_plain_response_drops_call_on_close_in_passthrough(tmp_path: Path) -> None:
+    # The problem this library solves, shown with Werkzeug's own Response class.
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"werkzeug")
+    closed: list[str] = []
+
+    @Request.application  # type: ignore[arg-type]
+    def app(request: Request) -> Response:
+        response = Response(
+            request.environ["wsgi.file_wrapper"](open(path, "rb")), direct_passthrough=True
+        )
+        response.call_on_close(lambda: closed.append("closed"))
+        return response
+
+    serve(CleanupMiddleware(app), environ_for())
+    assert closed == []
+
+
+def test_cleanup_response_without_middleware_raises_instead_of_dropping() -> None:
+    def generate() -> Iterator[bytes]:
+        yield b"x"
+
+    response = CleanupResponse(generate(), direct_passthrough=True)
+    with pytest.raises(RuntimeError, match="CleanupMiddleware"):
+        response(environ_for(), lambda status, headers, exc_info=None: None)
