@@ -9,7 +9,17 @@
 """
 
 from .cleanup import ENVIRON_KEY, ResponseCleanup, add_cleanup, enter_context
+from .cli import ConfigError, Hook, wrap
 from .middleware import CleanupMiddleware
 
-__all__ = ["ENVIRON_KEY", "CleanupMiddleware", "ResponseCleanup", "add_cleanup", "enter_context"]
+__all__ = [
+    "ENVIRON_KEY",
+    "CleanupMiddleware",
+    "ConfigError",
+    "Hook",
+    "ResponseCleanup",
+    "add_cleanup",
+    "enter_context",
+    "wrap",
+]
 __version__ = "0.1.0"

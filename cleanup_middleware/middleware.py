@@ -14,11 +14,15 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Literal
 
 from .cleanup import ENVIRON_KEY, ResponseCleanup
+from .config import configure, register
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    import os
+    from collections.abc import Iterable, Sequence
 
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from .config import Hook
 
 __all__ = ["CleanupMiddleware"]
 
@@ -34,13 +38,19 @@ class CleanupMiddleware:
     registered so far run and the exception propagates unchanged.
 
     Nesting the middleware in itself is harmless: the outermost one owns the request and the
-    inner ones pass it straight through.
+    inner ones pass it straight through, adding their config hooks (each hook once) to its.
 
     :param app: the WSGI application to wrap.
     :param on_hook_error: ``"log"`` (the default) logs a failing hook on the
         ``cleanup_middleware`` logger, with the request method and path, and carries on;
         ``"raise"`` also raises it from ``close()`` after every hook ran, which is meant for
-        tests.
+        tests. When not given, the config file's ``on-hook-error`` applies.
+    :param config: a TOML file (or ``pyproject.toml``) of hooks for every request; see
+        :mod:`cleanup_middleware.config`. With neither ``config`` nor ``hooks``, the file named
+        by ``$CLEANUP_MIDDLEWARE_CONFIG``, if set.
+    :param hooks: :class:`~cleanup_middleware.Hook` objects, the same in code; they come after
+        the file's. Both are checked and imported here: a mistake raises
+        :class:`~cleanup_middleware.ConfigError`.
 
     Example::
 
@@ -56,8 +66,18 @@ class CleanupMiddleware:
     """
 
     def __init__(
-        self, app: WSGIApplication, *, on_hook_error: Literal["log", "raise"] = "log"
+        self,
+        app: WSGIApplication,
+        *,
+        on_hook_error: Literal["log", "raise"] | None = None,
+        config: str | os.PathLike[str] | None = None,
+        hooks: Sequence[Hook] | None = None,
     ) -> None:
+        settings = configure(config, hooks)
+        # The checked config hooks, registered on every request by config.register().
+        self._hooks = settings.compiled
+        if on_hook_error is None:
+            on_hook_error = settings.on_hook_error
         if on_hook_error not in ("log", "raise"):
             raise ValueError(
                 f"CleanupMiddleware(on_hook_error={on_hook_error!r}): use 'log' or 'raise'"
@@ -69,9 +89,13 @@ class CleanupMiddleware:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if ENVIRON_KEY in environ:
             # An outer CleanupMiddleware owns this request and will close it.
+            if self._hooks:
+                register(self._hooks, environ)
             return self.app(environ, start_response)
         cleanup = environ[ENVIRON_KEY] = ResponseCleanup(environ, self._raise_hook_errors)
         try:
+            if self._hooks:
+                register(self._hooks, environ)
             body = self.app(environ, start_response)
         except BaseException:
             # close() tells the hooks of the exception being handled and logs their failures;

@@ -1,12 +1,15 @@
 """Show the middleware at work: gunicorn sends a temporary file, then the file is deleted.
 
 ``make demo`` runs this. It starts gunicorn (one sync worker, 127.0.0.1, a free port) serving
-``examples/flask_download.py``, downloads ``/download`` (a freshly made temporary file, sent by
-``send_file``) and reports:
+``examples/flask_download.py`` with the cleanup hooks of ``examples/cleanup.toml``, through
+gunicorn's app-factory syntax (``cleanup_middleware:wrap(...)``), downloads ``/download`` (a
+freshly made temporary file, sent by ``send_file``) and reports:
 
 * the temporary file's path and the bytes received;
 * whether gunicorn sent it with ``sendfile()`` (a small gunicorn config, written here, records
   what ``Response.sendfile`` returns);
+* whether the config's hooks ran (``examples/hooks.py``: a line in gunicorn's log, and the
+  request's scratch directory removed);
 * whether the file was deleted after the response (the view's ``response.call_on_close``).
 
 It stops gunicorn and exits 0 only if the file was deleted.
@@ -26,7 +29,10 @@ import time
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent
-APP = "flask_download:app"
+CLEANUP_CONFIG = EXAMPLES / "cleanup.toml"
+APP = f'cleanup_middleware:wrap("flask_download:app", config={str(CLEANUP_CONFIG)!r})'
+# What examples/hooks.py:log_closed writes to gunicorn's log for the download.
+CLOSED_LINE = "cleanup-middleware example: GET /download closed"
 SIZE = 8 * 1024 * 1024
 
 # A gunicorn config that wraps Response.sendfile in the worker and appends its result (or the
@@ -154,10 +160,16 @@ def main() -> int:
             calls = sendfile_log.read_text().splitlines() if sendfile_log.exists() else []
         finally:
             stop_gunicorn(process)
+        # Gunicorn stopped gracefully, so every hook of the download has run.
+        hooks_ran = CLOSED_LINE in log_path.read_text() and not any(workdir.glob("scratch-*"))
         if calls == ["/download True"]:
             print("sent with sendfile(): yes (gunicorn's Response.sendfile returned True)")
         else:
             print(f"sent with sendfile(): no (Response.sendfile calls: {calls or 'none'})")
+        print(
+            "hooks of examples/cleanup.toml ran: "
+            + ("yes (close logged, scratch directory removed)" if hooks_ran else "NO")
+        )
         if deleted:
             print("temporary file deleted after the response: yes")
             return 0

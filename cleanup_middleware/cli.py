@@ -1,0 +1,160 @@
+"""Start an application with its cleanup configuration, without changing the application.
+
+Operators start WSGI applications with gunicorn and want the cleanup of every request declared
+in a config file (see :mod:`cleanup_middleware.config`). Three ways, none of which needs a line
+of code in the application:
+
+* gunicorn's app-factory syntax, with :func:`wrap`::
+
+      gunicorn 'cleanup_middleware:wrap("myapp:app", config="cleanup.toml")'
+
+* the ``cleanup-middleware`` command (:func:`main`), which runs gunicorn through its own
+  application API, so every gunicorn option works::
+
+      cleanup-middleware serve myapp:app --config cleanup.toml --workers 4
+      cleanup-middleware check cleanup.toml     # in CI: exits non-zero on any mistake
+
+* a PasteDeploy pipeline, with :mod:`cleanup_middleware.paste`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+from .config import ENV_VAR, ConfigError, Hook, load_config, resolve
+from .middleware import CleanupMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+__all__ = ["ConfigError", "Hook", "main", "wrap"]
+
+PROG = "cleanup-middleware"
+SERVE_USAGE = f"{PROG} serve APP_MODULE [--config FILE] [gunicorn options]"
+
+
+def wrap(
+    app: WSGIApplication | str,
+    *,
+    config: str | os.PathLike[str] | None = None,
+    hooks: Sequence[Hook] | None = None,
+    on_hook_error: Literal["log", "raise"] | None = None,
+) -> CleanupMiddleware:
+    """Wrap ``app`` in :class:`~cleanup_middleware.CleanupMiddleware` with a configuration.
+
+    ``app`` is a WSGI application or its ``"module:attribute"`` name, so that gunicorn's
+    app-factory syntax, which passes literal arguments, can start it::
+
+        gunicorn 'cleanup_middleware:wrap("myapp:app", config="cleanup.toml")'
+
+    The other arguments are the middleware's. The configuration is loaded, checked and imported
+    here: a mistake raises :class:`~cleanup_middleware.ConfigError`, and gunicorn does not
+    start.
+    """
+    if isinstance(app, str):
+        source = f"wrap({app!r})"
+        app = resolve(app, source, "app")
+        if not callable(app):
+            raise ConfigError(
+                source,
+                "app",
+                f"is not a WSGI application (an object of type {type(app).__name__}); name the "
+                'application itself, as in "myapp:app"',
+            )
+    return CleanupMiddleware(app, config=config, hooks=hooks, on_hook_error=on_hook_error)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``cleanup-middleware`` command; returns its exit status."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run a WSGI application with the cleanup hooks of a config file, or check "
+        "such a file.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        allow_abbrev=False,
+        usage=SERVE_USAGE,
+        help="run the application under gunicorn, wrapped in CleanupMiddleware",
+        description="Run APP_MODULE (module:attribute, or gunicorn's module:factory(...)) "
+        "under gunicorn, wrapped in CleanupMiddleware. Every other option is gunicorn's "
+        "(see gunicorn --help); gunicorn's own config file is -c FILE.",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"the cleanup config (TOML, or a pyproject.toml); default: ${ENV_VAR}",
+    )
+    check = commands.add_parser(
+        "check",
+        help="load and check a config, import its hooks, and show what runs for which requests",
+        description="Load and check a cleanup config and import every hook; print what runs "
+        "for which paths and methods, or the mistake (exit status 1).",
+    )
+    check.add_argument("file", nargs="?", metavar="FILE", help=f"default: ${ENV_VAR}")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        _serve(rest, args.config)
+        return 0
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    path = args.file or os.environ.get(ENV_VAR)
+    if not path:
+        check.error(f"name the config file, or set ${ENV_VAR}")
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{PROG} check: {exc}", file=sys.stderr)
+        return 1
+    count = f"{len(config.hooks)} hook{'' if len(config.hooks) == 1 else 's'}"
+    print(f'{config.source}: {count}, on-hook-error = "{config.on_hook_error}"')
+    rows = [("", "kind", "hook", "methods", "path prefixes")]
+    for index, hook in enumerate(config.hooks):
+        is_context = hook.context is not None
+        kind, target = ("context", hook.context) if is_context else ("call", hook.call)
+        rows.append(
+            (
+                f"hooks[{index}]",
+                kind,
+                str(target),
+                ", ".join(method.upper() for method in hook.methods) if hook.methods else "any",
+                ", ".join(hook.paths) if hook.paths else "any",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
+        print("  " + "  ".join([*cells, row[4]]))
+    print(
+        "At close, each request runs its own hooks first, then these, last one first; "
+        "context hooks are entered in this order before the application runs."
+    )
+    return 0
+
+
+def _serve(gunicorn_args: list[str], config: str | None) -> None:
+    """Run gunicorn with ``gunicorn_args`` (the application among them), wrapping the app."""
+    try:
+        from gunicorn.app.wsgiapp import WSGIApplication  # type: ignore[import-untyped]
+    except ImportError:
+        sys.exit(f"{PROG} serve needs gunicorn: pip install 'cleanup-middleware[gunicorn]'")
+
+    class Server(WSGIApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            # Gunicorn's option parser reads sys.argv, at start and when SIGHUP reloads.
+            argv = sys.argv
+            sys.argv = [argv[0], *gunicorn_args]
+            try:
+                super().load_config()
+            finally:
+                sys.argv = argv
+
+        def load(self) -> CleanupMiddleware:
+            return wrap(super().load(), config=config)
+
+    Server(SERVE_USAGE, prog=f"{PROG} serve").run()

@@ -1,0 +1,360 @@
+"""The operator's entry points: gunicorn's factory syntax, the ``serve`` and ``check`` commands.
+
+Gunicorn runs as a subprocess on a 127.0.0.1 socket bound here and inherited (``--bind fd://N``),
+through :mod:`serverkit`. The application and the hooks the config names are this module's own
+functions, imported in the server (``tests`` is on its path), and they leave records with
+:func:`serverkit.record`, keyed by each request's ``token``. A request's hooks have all run when
+its ``closed`` record (the first hook registered, so the last to run) is there; one more request
+after them all is the barrier after which a second run would show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+import serverkit
+from serverkit import RECORD_DIR_ENV, Server, read_records, record, run_server, wait_for_records
+from werkzeug.test import create_environ, run_wsgi_app
+
+from cleanup_middleware import CleanupMiddleware, add_cleanup
+from cleanup_middleware.cli import main
+from cleanup_middleware.config import ENV_VAR
+
+HERE = __name__
+SCRIPT = Path(sys.executable).with_name("cleanup-middleware")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+CONFIG = f"""
+[[hooks]]
+call = "{HERE}:closed"
+
+[[hooks]]
+context = "{HERE}:transaction"
+paths = ["/api/"]
+methods = ["POST"]
+"""
+
+
+# --- the application and the hooks, run inside gunicorn ---------------------------------------
+
+
+def _token(environ: dict[str, Any]) -> str | None:
+    return parse_qs(environ.get("QUERY_STRING", "")).get("token", [None])[0]
+
+
+def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    token = _token(environ)
+    add_cleanup(environ, record, "own", token=token)
+    if environ["PATH_INFO"].endswith("/fail"):
+        raise RuntimeError("app failed")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def closed(environ: dict[str, Any]) -> None:
+    record("closed", token=_token(environ), detail=environ["REQUEST_METHOD"])
+
+
+@contextlib.contextmanager
+def transaction(environ: dict[str, Any]) -> Iterator[None]:
+    token = _token(environ)
+    record("enter", token=token)
+    try:
+        yield
+    except BaseException as exc:
+        record("exit", token=token, detail=type(exc).__name__)
+        raise
+    record("exit", token=token, detail=None)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def send(server: Server, method: str, path: str) -> int:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def events(records: list[dict[str, Any]], token: str) -> list[tuple[str, Any]]:
+    return [(r["event"], r.get("detail")) for r in records if r.get("token") == token]
+
+
+# (method, path, status, what the request's hooks record, in order)
+CASES = [
+    ("GET", "/page", 200, [("own", None), ("closed", "GET")]),
+    (
+        "POST",
+        "/api/items",
+        200,
+        [("enter", None), ("own", None), ("exit", None), ("closed", "POST")],
+    ),
+    ("GET", "/api/items", 200, [("own", None), ("closed", "GET")]),  # the method filter
+    ("POST", "/apiary", 200, [("own", None), ("closed", "POST")]),  # the path filter
+    (
+        "POST",
+        "/api/fail",
+        500,
+        [("enter", None), ("own", None), ("exit", "RuntimeError"), ("closed", "POST")],
+    ),
+]
+
+
+def check_config_hooks_run(server: Server, records: Path) -> None:
+    """Every case once; then every request's hooks ran once each, as the filters say."""
+    tokens = []
+    for method, path, status, _ in [*CASES, ("GET", "/barrier", 200, None)]:
+        token = uuid.uuid4().hex
+        tokens.append(token)
+        assert send(server, method, f"{path}?token={token}") == status, server.describe()
+        wait_for_records(records, lambda rs, t=token, m=method: ("closed", m) in events(rs, t))
+    final = read_records(records)
+    for (method, path, _, expected), token in zip(CASES, tokens, strict=False):
+        assert events(final, token) == expected, (method, path, server.describe())
+
+
+@contextlib.contextmanager
+def run_serve(args: list[str], env: dict[str, str], log_dir: Path) -> Iterator[Server]:
+    """``cleanup-middleware serve ARGS --bind fd://N`` on a socket bound here, always reaped."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind((serverkit.HOST, 0))
+        listener.listen(128)
+        fd = listener.fileno()
+        log_path = log_dir / "serve.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [str(SCRIPT), "serve", *args, "--bind", f"fd://{fd}"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=serverkit._child_env(env, ()),
+                pass_fds=(fd,),
+                start_new_session=True,
+            )
+        port = listener.getsockname()[1]
+    finally:
+        listener.close()
+    server = Server(
+        name="cleanup-middleware serve", app=args[0], port=port, process=process, log_path=log_path
+    )
+    try:
+        serverkit._wait_until_ready(server, "/ready", 20.0)
+        yield server
+    finally:
+        server.stop()
+
+
+def start_and_fail(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a gunicorn command that must not start; return what it did (bounded)."""
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env=serverkit._child_env({}, ()),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> Path:
+    directory = tmp_path / "records"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "cleanup.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+BAD_CONFIG = f'[[hooks]]\ncall = "{HERE}:closd"\n'
+BAD_MESSAGE = f"hooks[0].call: '{HERE}:closd': 'closd' not found (did you mean 'closed'?)"
+
+
+# --- gunicorn's app-factory syntax ------------------------------------------------------------
+
+
+def test_gunicorn_factory_syntax(tmp_path: Path, records: Path, config: Path) -> None:
+    factory = f'cleanup_middleware:wrap("{HERE}:app", config="{config}")'
+    env = {RECORD_DIR_ENV: str(records)}
+    with run_server("gunicorn-sync", factory, env=env, log_dir=tmp_path) as server:
+        check_config_hooks_run(server, records)
+
+
+def test_gunicorn_factory_syntax_with_a_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "cleanup.toml"
+    bad.write_text(BAD_CONFIG)
+    factory = f'cleanup_middleware:wrap("{HERE}:app", config="cleanup.toml")'
+    command = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "1", factory]
+    result = start_and_fail(command, tmp_path)
+    assert result.returncode != 0
+    assert f"cleanup.toml: {BAD_MESSAGE}" in result.stderr
+
+
+# --- cleanup-middleware serve -----------------------------------------------------------------
+
+
+def test_serve(tmp_path: Path, records: Path, config: Path) -> None:
+    # Gunicorn options before and after ours, all passed through to gunicorn's own parser.
+    args = [f"{HERE}:app", "--workers", "1", "--config", str(config), "--access-logfile", "-"]
+    args += ["--graceful-timeout", "3"]
+    with run_serve(args, {RECORD_DIR_ENV: str(records)}, tmp_path) as server:
+        check_config_hooks_run(server, records)
+        assert '"POST /api/items?token=' in server.log(), "gunicorn's --access-logfile ignored"
+
+
+def test_serve_takes_the_config_from_the_environment(
+    tmp_path: Path, records: Path, config: Path
+) -> None:
+    env = {RECORD_DIR_ENV: str(records), ENV_VAR: str(config)}
+    with run_serve([f"{HERE}:app", "--workers", "1"], env, tmp_path) as server:
+        check_config_hooks_run(server, records)
+
+
+def test_serve_with_a_bad_config(tmp_path: Path) -> None:
+    (tmp_path / "cleanup.toml").write_text(BAD_CONFIG)
+    command = [str(SCRIPT), "serve", f"{HERE}:app", "--config", "cleanup.toml"]
+    result = start_and_fail([*command, "--bind", "127.0.0.1:0"], tmp_path)
+    assert result.returncode != 0
+    assert f"cleanup.toml: {BAD_MESSAGE}" in result.stderr
+    # gunicorn's --check-config loads the application, and so the config, too.
+    result = start_and_fail([*command, "--check-config"], tmp_path)
+    assert result.returncode == 1
+    assert f"cleanup.toml: {BAD_MESSAGE}" in result.stderr
+
+
+# --- cleanup-middleware check -----------------------------------------------------------------
+
+
+def test_check_prints_what_runs_for_which_requests(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f'{config}: 2 hooks, on-hook-error = "log"\n')
+    lines = out.splitlines()
+    assert lines[2].split() == ["hooks[0]", "call", f"{HERE}:closed", "any", "any"]
+    assert lines[3].split() == ["hooks[1]", "context", f"{HERE}:transaction", "POST", "/api/"]
+
+
+def test_check_a_pyproject_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "pyproject.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [tool.cleanup-middleware]
+            on-hook-error = "raise"
+            [[tool.cleanup-middleware.hooks]]
+            call = "{HERE}:closed"
+            methods = ["get", "HEAD"]
+            """
+        )
+    )
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f'{path}: 1 hook, on-hook-error = "raise"\n')
+    assert out.splitlines()[2].split() == [
+        "hooks[0]",
+        "call",
+        f"{HERE}:closed",
+        "GET,",
+        "HEAD",
+        "any",
+    ]
+
+
+def test_check_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cleanup.toml"
+    path.write_text(BAD_CONFIG)
+    assert main(["check", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"cleanup-middleware check: {path}: {BAD_MESSAGE}; check the spelling\n"
+
+
+def test_check_uses_the_environment(
+    config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(ENV_VAR, str(config))
+    assert main(["check"]) == 0
+    assert capsys.readouterr().out.startswith(f"{config}: 2 hooks")
+
+
+def test_check_needs_a_file(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(SystemExit) as info:
+        main(["check"])
+    assert info.value.code == 2
+    assert f"name the config file, or set ${ENV_VAR}" in capsys.readouterr().err
+
+
+def test_check_refuses_unknown_options(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["check", str(config), "--workers", "2"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: --workers 2" in capsys.readouterr().err
+
+
+def test_console_script(tmp_path: Path, config: Path) -> None:
+    """The installed command, as CI would run it: exit status 0, then 1 for a mistake."""
+    env = serverkit._child_env({}, ())
+    good = subprocess.run(
+        [str(SCRIPT), "check", str(config)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert good.returncode == 0, good.stderr
+    assert f"{HERE}:transaction" in good.stdout
+    bad_path = tmp_path / "bad.toml"
+    bad_path.write_text(BAD_CONFIG)
+    bad = subprocess.run(
+        [str(SCRIPT), "check", str(bad_path)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 1
+    assert BAD_MESSAGE in bad.stderr
+
+
+def test_the_example_config(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``examples/cleanup.toml``, which ``make demo`` serves, checks out and its hooks work."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    config = EXAMPLES / "cleanup.toml"
+    assert main(["check", str(config)]) == 0
+    assert "hooks:scratch_dir" in capsys.readouterr().out
+    scratch_dirs: list[str] = []
+
+    def view(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        scratch_dirs.append(environ["flask_download.scratch_dir"])
+        assert os.path.isdir(scratch_dirs[0])
+        start_response("200 OK", [])
+        return [b""]
+
+    errors = io.StringIO()
+    environ = create_environ("/download", errors_stream=errors)
+    run_wsgi_app(CleanupMiddleware(view, config=config), environ, buffered=True)
+    assert len(scratch_dirs) == 1 and not os.path.exists(scratch_dirs[0])
+    assert errors.getvalue() == "cleanup-middleware example: GET /download closed\n"
