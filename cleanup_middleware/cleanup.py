@@ -24,15 +24,24 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-__all__ = ["ENVIRON_KEY", "ResponseCleanup", "add_cleanup", "enter_context"]
+__all__ = [
+    "ENVIRON_KEY",
+    "FAILURE_KEY",
+    "RaisingResponseCleanup",
+    "ResponseCleanup",
+    "add_cleanup",
+    "enter_context",
+]
 
 #: The environ key under which the middleware keeps the request's :class:`ResponseCleanup`.
 ENVIRON_KEY = "cleanup_middleware.cleanup"
+#: The environ key of an exception the request failed with although the application returned.
+FAILURE_KEY = "cleanup_middleware.failure"
 
 logger = logging.getLogger("cleanup_middleware")
 
@@ -63,31 +72,31 @@ _unpatchable_types: set[type] = set()
 class ResponseCleanup:
     """The hooks of one response, run exactly once when the server closes its body.
 
-    Not created by users: :class:`~cleanup_middleware.CleanupMiddleware` makes one per request
-    and stores it as ``environ["cleanup_middleware.cleanup"]``. Register hooks with
-    :func:`add_cleanup` and :func:`enter_context`.
+    Not created by users: :class:`~cleanup_middleware.CleanupMiddleware` makes one per request,
+    stores it as ``environ["cleanup_middleware.cleanup"]`` and, once the application returned,
+    hands the server either the application's body with its ``close`` pointed here (the
+    server's own file wrapper, see :meth:`adopt_file_wrapper`) or this object, which iterates
+    as the body does. Register hooks with :func:`add_cleanup` and :func:`enter_context`.
 
     :meth:`close` closes the body first (so a file is closed before a hook deletes it), then runs
     the hooks last-registered-first, in the manner of :class:`contextlib.ExitStack`. Every hook
     runs even when the body's ``close()`` or another hook raises; hook failures are logged on the
     ``cleanup_middleware`` logger with the request's method and path.
-
-    :param environ: the request's WSGI environ.
-    :param raise_hook_errors: after every hook ran, raise a hook's exception from :meth:`close`
-        instead of only logging it (meant for tests).
     """
 
-    __slots__ = ("_body", "_close_body", "_entries", "_environ", "_failure", "_raise")
+    # Set by CleanupMiddleware, which builds the object without __init__ to keep each request
+    # cheap: _environ and _entries at once, _body and _close_body when the application
+    # returned (or _close_body = None when it raised).
+    __slots__ = ("_body", "_close_body", "_entries", "_environ")
 
-    def __init__(self, environ: WSGIEnvironment, raise_hook_errors: bool = False) -> None:
-        # None from the moment close() starts: it runs once.
-        self._environ: WSGIEnvironment | None = environ
-        # None once close() finished: registering then is an error.
-        self._entries: list[_Entry] | None = []
-        self._raise = raise_hook_errors
-        self._failure: BaseException | None = None
-        # Both set by bind(); _body only in the one case that iterates it.
-        self._close_body: Callable[[], object] | None = None
+    _environ: WSGIEnvironment | None  # None from the moment close() starts: it runs once
+    _entries: list[_Entry] | None  # None once close() finished: registering then is an error
+    _body: Iterable[bytes]  # the body this object iterates as, if any
+    _close_body: Callable[[], object] | None  # the body's own close()
+
+    #: After every hook ran, raise a hook's exception from :meth:`close` instead of only
+    #: logging it. ``CleanupMiddleware(on_hook_error="raise")`` uses a subclass that sets it.
+    raise_hook_errors: ClassVar[bool] = False
 
     def record_failure(self, exc: BaseException) -> None:
         """Note that the request failed although the application returned (an error page).
@@ -95,30 +104,24 @@ class ResponseCleanup:
         Context managers entered with :func:`enter_context` are then told of ``exc`` at close
         even when the server closes the body normally.
         """
-        if self._failure is None:
-            self._failure = exc
+        if self._environ is not None:
+            self._environ.setdefault(FAILURE_KEY, exc)
 
-    def bind(self, body: Iterable[bytes]) -> Iterable[bytes]:
-        """Return what the server should get in place of the application's ``body``."""
-        file_wrapper = self._environ.get("wsgi.file_wrapper")  # type: ignore[union-attr]
-        if file_wrapper is not None and (
-            # gunicorn, waitress and wsgiref test with isinstance; uWSGI's file_wrapper is a
-            # function that returns the file itself and the server tests identity.
-            isinstance(body, file_wrapper)
-            if isinstance(file_wrapper, type)
-            else hasattr(body, "read")
-        ):
-            close_body = getattr(body, "close", None)
-            try:
-                body.close = self.close  # type: ignore[attr-defined]
-            except (AttributeError, TypeError):
-                _log_unpatchable(type(body))
-            else:
-                self._close_body = close_body
-                return body
-        self._body = body
-        self._close_body = getattr(body, "close", None)
-        return self
+    def adopt_file_wrapper(self, body: Iterable[bytes]) -> bool:
+        """Point the file wrapper ``body``'s ``close`` here; false if it will not take it.
+
+        The server then gets its own object back and can still send the file with
+        ``sendfile()``. When the object refuses a new attribute (``__slots__``), the caller
+        falls back to wrapping it, which this logs once per class at debug level.
+        """
+        close_body = getattr(body, "close", None)
+        try:
+            body.close = self.close  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            _log_unpatchable(type(body))
+            return False
+        self._close_body = close_body
+        return True
 
     def __iter__(self) -> Iterator[bytes]:
         # The body's own iterator: the server's next() calls never enter Python code of ours.
@@ -154,7 +157,7 @@ class ResponseCleanup:
             try:
                 if entry.__class__ is _ContextExit:
                     # Looked up only for context managers: plain hooks need no failure.
-                    failure = self._failure or body_error or sys.exc_info()[1]
+                    failure = environ.get(FAILURE_KEY) or body_error or sys.exc_info()[1]
                     if failure is None:
                         entry.exit(None, None, None)
                     else:
@@ -171,7 +174,7 @@ class ResponseCleanup:
             raise hook_error
         if body_error is not None:
             raise body_error
-        if hook_error is not None and self._raise:
+        if hook_error is not None and self.raise_hook_errors:
             raise hook_error
 
     def __del__(self) -> None:
@@ -192,6 +195,13 @@ class ResponseCleanup:
             stacklevel=1,
         )
         self.close()
+
+
+class RaisingResponseCleanup(ResponseCleanup):
+    """A :class:`ResponseCleanup` whose :meth:`close` raises a hook's error after all ran."""
+
+    __slots__ = ()
+    raise_hook_errors = True
 
 
 def _describe(environ: WSGIEnvironment) -> str:

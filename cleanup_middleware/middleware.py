@@ -13,7 +13,7 @@ from __future__ import annotations
 from contextlib import suppress
 from typing import TYPE_CHECKING, Literal
 
-from .cleanup import ENVIRON_KEY, ResponseCleanup
+from .cleanup import ENVIRON_KEY, RaisingResponseCleanup, ResponseCleanup
 from .config import configure, register
 
 if TYPE_CHECKING:
@@ -84,7 +84,9 @@ class CleanupMiddleware:
             )
         self.app = app
         self.on_hook_error = on_hook_error
-        self._raise_hook_errors = on_hook_error == "raise"
+        self._cleanup_class = (
+            RaisingResponseCleanup if on_hook_error == "raise" else ResponseCleanup
+        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if ENVIRON_KEY in environ:
@@ -92,7 +94,10 @@ class CleanupMiddleware:
             if self._hooks:
                 register(self._hooks, environ)
             return self.app(environ, start_response)
-        cleanup = environ[ENVIRON_KEY] = ResponseCleanup(environ, self._raise_hook_errors)
+        # Built without __init__ and filled in here: this is the per-request cost of the library.
+        cleanup = environ[ENVIRON_KEY] = self._cleanup_class()
+        cleanup._environ = environ
+        cleanup._entries = []
         try:
             if self._hooks:
                 register(self._hooks, environ)
@@ -100,7 +105,23 @@ class CleanupMiddleware:
         except BaseException:
             # close() tells the hooks of the exception being handled and logs their failures;
             # the application's exception is what the server must see.
+            cleanup._close_body = None
             with suppress(BaseException):
                 cleanup.close()
             raise
-        return cleanup.bind(body)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if (
+            file_wrapper is not None
+            # gunicorn, waitress and wsgiref test with isinstance; uWSGI's file_wrapper is a
+            # function that returns the file itself and the server tests identity.
+            and (
+                isinstance(body, file_wrapper)
+                if isinstance(file_wrapper, type)
+                else hasattr(body, "read")
+            )
+            and cleanup.adopt_file_wrapper(body)
+        ):
+            return body
+        cleanup._body = body
+        cleanup._close_body = getattr(body, "close", None)
+        return cleanup
