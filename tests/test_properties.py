@@ -1,0 +1,304 @@
+"""Property tests: random sequences of application and server behaviour keep the invariants.
+
+Hypothesis draws a scenario (what the body is, which hooks are registered before, during and
+after iteration, where something raises, how far the server reads, how often it calls
+``close()``), runs it in-process through :class:`CleanupMiddleware`, and checks:
+
+* each hook runs at most once, and exactly once whenever ``close()`` was called (by the server,
+  or by the middleware itself when the application raised before returning);
+* hooks run last-registered-first (a hook registered by a hook runs right after it);
+* the body's own ``close()`` runs once, before any hook;
+* a registration after close is refused with ``RuntimeError``, never silently dropped;
+* what ``close()`` raises: a hook's ``KeyboardInterrupt``/``SystemExit`` after every hook ran,
+  else the body's ``close()`` error; an ordinary hook error is only logged.
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from apps.fault_inproc import (
+    FakeFileWrapper,
+    collect_unraisable,
+    make_environ,
+    quiet_cleanup_logger,
+    start_response,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cleanup_middleware import ENVIRON_KEY, CleanupMiddleware, ResponseCleanup, add_cleanup
+
+# "reclose": the hook calls the response's close() again, re-entrantly (as werkzeug's
+# Response.close does when it closes a file wrapper whose close is the middleware's).
+ACTIONS = ("ok", "ok", "ok", "error", "interrupt", "exit", "register", "reclose")
+BODY_KINDS = ("list", "generator", "iterable", "file")
+
+
+class AppError(Exception):
+    pass
+
+
+class IterError(Exception):
+    pass
+
+
+class BodyCloseError(Exception):
+    pass
+
+
+@dataclass
+class Scenario:
+    body: str
+    chunks: int
+    before: list[str]  # actions of hooks registered before the app returns
+    app_raises: bool
+    during: dict[int, list[str]]  # chunk index -> actions of hooks registered when it is made
+    raise_at: int | None  # iteration raises when making this chunk
+    body_close_raises: bool
+    body_close_recloses: bool  # the body's close() calls the response's close() again
+    reads: int  # chunks the server pulls before it stops (a client that went away)
+    after: list[str]  # registered after iteration stopped, before close
+    closes: int
+    late: int  # registrations attempted after the first close
+
+
+@st.composite
+def scenarios(draw: Any) -> Scenario:
+    body = draw(st.sampled_from(BODY_KINDS))
+    chunks = draw(st.integers(0, 4))
+    actions = st.sampled_from(ACTIONS)
+    iterates = body != "list"
+    during: dict[int, list[str]] = {}
+    raise_at = None
+    if iterates and chunks:
+        during = draw(
+            st.dictionaries(
+                st.integers(0, chunks - 1), st.lists(actions, max_size=2), max_size=chunks
+            )
+        )
+        raise_at = draw(st.none() | st.integers(0, chunks - 1))
+    return Scenario(
+        body=body,
+        chunks=chunks,
+        before=draw(st.lists(actions, max_size=3)),
+        app_raises=draw(st.integers(0, 5)) == 0,
+        during=during,
+        raise_at=raise_at,
+        body_close_raises=body in ("iterable", "file") and draw(st.booleans()),
+        body_close_recloses=body in ("iterable", "file") and draw(st.booleans()),
+        reads=draw(st.integers(0, chunks + 1)),
+        after=draw(st.lists(actions, max_size=2)),
+        closes=draw(st.integers(0, 3)),
+        late=draw(st.integers(0, 1)),
+    )
+
+
+@dataclass
+class Run:
+    """What happened: events in order, and the hooks that were accepted, in registration order."""
+
+    events: list[tuple[str, int]] = field(default_factory=list)
+    registered: list[tuple[int, str]] = field(default_factory=list)
+    next_id: int = 0
+
+    def register(self, environ: dict[str, Any], action: str, by_hook: bool = False) -> None:
+        # The hooks hold the environ, never the Run: dropping the request drops everything.
+        hook_id = self.next_id
+        self.next_id += 1
+
+        def hook() -> None:
+            self.events.append(("hook", hook_id))
+            if action == "error":
+                raise ValueError(hook_id)
+            if action == "interrupt":
+                raise KeyboardInterrupt(hook_id)
+            if action == "exit":
+                raise SystemExit(hook_id)
+            if action == "register":
+                self.register(environ, "ok", by_hook=True)
+            if action == "reclose":
+                environ[ENVIRON_KEY].close()
+
+        add_cleanup(environ, hook)
+        if not by_hook:  # expected_order() works out where a hook's own registration runs
+            self.registered.append((hook_id, action))
+
+    def produce(self, environ: dict[str, Any], sc: Scenario) -> Any:
+        for i in range(sc.chunks):
+            for action in sc.during.get(i, ()):
+                self.register(environ, action)
+            if sc.raise_at == i:
+                raise IterError(i)
+            yield b"x%d" % i
+
+    def close_body(self, environ: dict[str, Any], sc: Scenario) -> None:
+        self.events.append(("body-close", 0))
+        if sc.body_close_recloses:
+            environ[ENVIRON_KEY].close()
+        if sc.body_close_raises:
+            raise BodyCloseError
+
+
+class Body:
+    def __init__(self, run: Run, environ: dict[str, Any], sc: Scenario) -> None:
+        self.run, self.environ, self.sc = run, environ, sc
+
+    def __iter__(self) -> Any:
+        return self.run.produce(self.environ, self.sc)
+
+    def close(self) -> None:
+        self.run.close_body(self.environ, self.sc)
+
+
+def make_app(run: Run, sc: Scenario) -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        for action in sc.before:
+            run.register(environ, action)
+        if sc.app_raises:
+            raise AppError
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        if sc.body == "list":
+            return [b"x%d" % i for i in range(sc.chunks)]
+        if sc.body == "generator":
+            return run.produce(environ, sc)
+        if sc.body == "iterable":
+            return Body(run, environ, sc)
+        # The "file" of this wrapper is the scenario's Body: its close() is the file's close.
+        return environ["wsgi.file_wrapper"](Body(run, environ, sc))
+
+    return app
+
+
+class ScenarioFileWrapper(FakeFileWrapper):
+    def __iter__(self) -> Any:
+        return iter(self.filelike)
+
+
+def expected_order(registered: list[tuple[int, str]]) -> list[int]:
+    """Last-registered-first, a hook's own registration running right after it."""
+    stack = list(registered)
+    next_id = max((i for i, _ in registered), default=-1) + 1
+    order = []
+    while stack:
+        hook_id, action = stack.pop()
+        order.append(hook_id)
+        if action == "register":
+            stack.append((next_id, "ok"))
+            next_id += 1
+    return order
+
+
+def expected_raise(registered: list[tuple[int, str]], sc: Scenario) -> type[BaseException] | None:
+    for hook_id in expected_order(registered):
+        action = dict(registered).get(hook_id, "ok")
+        if action == "interrupt":
+            return KeyboardInterrupt
+        if action == "exit":
+            return SystemExit
+    if sc.body_close_raises:
+        return BodyCloseError
+    return None
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(sc=scenarios())
+def test_random_behaviour_keeps_invariants(sc: Scenario) -> None:
+    # Freezing what exists keeps the gc.collect() below down to this example's objects.
+    gc.freeze()
+    try:
+        with quiet_cleanup_logger():
+            check_scenario(sc)
+    finally:
+        gc.unfreeze()
+
+
+def check_scenario(sc: Scenario) -> None:
+    environ = make_environ("GET", "/property", file_wrapper=ScenarioFileWrapper)
+    run = Run()
+    mw = CleanupMiddleware(make_app(run, sc))
+
+    # --- the app is called; if it raises, the middleware closes the response itself
+    try:
+        body = mw(environ, start_response)
+    except AppError:
+        closed = True
+        body = None
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # A hook's KeyboardInterrupt/SystemExit may win over the application's error (as it
+        # does from close()), but nothing else may.
+        assert sc.app_raises, "the middleware raised although the application did not"
+        assert type(exc) is expected_raise(run.registered, sc)
+        assert isinstance(exc.__context__, AppError)
+        closed = True
+        body = None
+    else:
+        closed = False
+        if sc.body == "file":
+            # The server's file wrapper came back as the very same object (sendfile kept).
+            assert isinstance(body, ScenarioFileWrapper)
+        # --- the server pulls `reads` chunks, swallowing iteration errors
+        it = iter(body)
+        try:
+            for _ in range(sc.reads):
+                next(it)
+        except (StopIteration, IterError):
+            pass
+        del it
+        for action in sc.after:
+            run.register(environ, action)
+
+    accepted_before_close = list(run.registered)
+
+    # --- the server calls close() 0 to 3 times
+    if body is not None:
+        for n in range(sc.closes):
+            try:
+                body.close()
+            except BaseException as exc:
+                raised: type[BaseException] | None = type(exc)
+            else:
+                raised = None
+            if n == 0:
+                assert raised is expected_raise(accepted_before_close, sc)
+            else:
+                assert raised is None, "a second close() did something"
+        closed = closed or sc.closes > 0
+
+    hook_runs = [i for kind, i in run.events if kind == "hook"]
+    body_closes = [n for n, (kind, _) in enumerate(run.events) if kind == "body-close"]
+
+    if closed:
+        # --- registering after close is refused, loudly
+        for _ in range(sc.late):
+            with pytest.raises(RuntimeError, match="after the response was closed"):
+                add_cleanup(environ, lambda: None)
+        assert hook_runs == expected_order(accepted_before_close)
+        assert len(set(hook_runs)) == len(hook_runs) == run.next_id
+        if sc.body in ("iterable", "file") and not sc.app_raises:
+            assert body_closes == [0], "the body's close() must run once, before every hook"
+        else:
+            assert body_closes == []
+    else:
+        assert hook_runs == [], "a hook ran although nothing closed the response"
+        assert body_closes == []
+
+    # --- drop everything; a hook may only run here if nothing closed the response (the GC
+    # safety net), and never a second time.
+    with warnings.catch_warnings(), collect_unraisable():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del body, environ, mw
+        if not closed:
+            gc.collect()
+    hook_runs = [i for kind, i in run.events if kind == "hook"]
+    assert len(set(hook_runs)) == len(hook_runs), "a hook ran twice"
+    if hasattr(ResponseCleanup, "__del__"):
+        assert sorted(hook_runs) == list(range(run.next_id)), "the GC safety net missed a hook"
