@@ -104,9 +104,10 @@ class CleanupMiddleware:
             body = self.app(environ, start_response)
         except BaseException:
             # close() tells the hooks of the exception being handled and logs their failures;
-            # the application's exception is what the server must see.
+            # the application's exception is what the server must see, unless a hook raised
+            # KeyboardInterrupt or SystemExit, which outrank it.
             cleanup._close_body = None
-            with suppress(BaseException):
+            with suppress(Exception):
                 cleanup.close()
             raise
         file_wrapper = environ.get("wsgi.file_wrapper")

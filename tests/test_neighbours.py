@@ -418,11 +418,6 @@ def test_first_of_two_base_exceptions_wins_and_every_hook_runs(
     assert ran == ["last", "middle", "first"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs CleanupMiddleware.__call__ to let a hook's KeyboardInterrupt/SystemExit "
-    "propagate when the app raised (it suppresses every BaseException from close() there)",
-)
 @pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
 def test_base_exception_in_hook_propagates_when_the_app_raised(
     exc_type: type[BaseException],
