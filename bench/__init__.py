@@ -1,0 +1,1 @@
+"""Benchmark suite of cleanup-middleware: ``python -m bench [--quick]`` (``make bench``)."""

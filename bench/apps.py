@@ -1,0 +1,162 @@
+"""The applications the gunicorn benchmarks serve: ``gunicorn bench.apps:<name>``.
+
+Settings come from the environment: ``BENCH_FILE`` is the big file to send and
+``BENCH_MARKERS`` the directory of marker files. A download names its marker files in the
+query string and the cleanup it exercises removes them, so the bench sees afterwards which
+cleanups ran:
+
+* ``coc``: removed by the view's ``response.call_on_close`` callback;
+* ``hook``: removed by the middleware's own cleanup (the ``ClosingIterator`` callback or
+  ``add_cleanup``);
+* ``sf``: removed when gunicorn sent the body with ``sendfile()`` (see
+  :mod:`bench.gunicorn_conf`).
+
+Download variants (benchmark 1), one Flask app each, all served by one worker
+(``bench.apps:downloads``) at ``/<variant>``, with the same view:
+
+* ``shipped``: Flask ``send_file`` as shipped, with a ``call_on_close`` callback;
+* ``workaround``: the published workaround, ``direct_passthrough = False``;
+* ``closing-iterator``: the shipped app behind a plain werkzeug ``ClosingIterator`` middleware;
+* ``ours-hook``: the shipped app behind ``CleanupMiddleware``, the view also calls
+  ``add_cleanup``;
+* ``ours-flask``: the shipped app set up with ``cleanup_middleware.flask.init_app``.
+
+``ours_raw`` (benchmark 3) is a raw WSGI app behind ``CleanupMiddleware`` that streams the file
+as a ``wsgi.file_wrapper`` (``/file``) or as a generator (``/gen``). ``hello`` (benchmark 4)
+serves Flask's hello world without (``/without``) and with (``/with``) ``init_app`` from the same
+worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from functools import partial
+from typing import IO, TYPE_CHECKING
+from urllib.parse import parse_qs
+
+from flask import Flask, request, send_file
+from werkzeug.wsgi import ClosingIterator
+
+import cleanup_middleware.flask
+from cleanup_middleware import CleanupMiddleware, add_cleanup
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from flask import Response
+
+FILE = os.environ.get("BENCH_FILE", "")
+MARKERS = os.environ.get("BENCH_MARKERS", "")
+CHUNK = 64 * 1024
+
+
+def remove_marker(name: str) -> None:
+    """Remove the marker file ``name`` from ``BENCH_MARKERS``: the sign that a cleanup ran."""
+    os.unlink(os.path.join(MARKERS, os.path.basename(name)))
+
+
+def download_app(name: str, mode: str) -> Flask:
+    """A Flask app whose ``/<name>`` sends ``BENCH_FILE``; ``mode`` picks the variant's view."""
+    app = Flask(name)
+
+    @app.get("/ping")
+    def ping() -> str:
+        return "pong"
+
+    @app.get(f"/{name}")
+    def file() -> Response:
+        response = send_file(FILE, mimetype="application/octet-stream")
+        if mode == "workaround":
+            response.direct_passthrough = False
+        elif mode == "hook":
+            add_cleanup(request.environ, remove_marker, request.args["hook"])
+        response.call_on_close(partial(remove_marker, request.args["coc"]))
+        return response
+
+    return app
+
+
+def closing_iterator_middleware(app: WSGIApplication) -> WSGIApplication:
+    """A plain werkzeug ``ClosingIterator`` middleware whose callback removes the hook marker."""
+
+    def middleware(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        hook = parse_qs(environ.get("QUERY_STRING", "")).get("hook")
+        body = app(environ, start_response)
+        return ClosingIterator(body, partial(remove_marker, hook[0]) if hook else None)
+
+    return middleware
+
+
+DOWNLOADS: dict[str, WSGIApplication] = {
+    "/shipped": download_app("shipped", "shipped"),
+    "/workaround": download_app("workaround", "workaround"),
+    "/closing-iterator": closing_iterator_middleware(download_app("closing-iterator", "shipped")),
+    "/ours-hook": CleanupMiddleware(download_app("ours-hook", "hook")),
+    "/ours-flask": cleanup_middleware.flask.init_app(download_app("ours-flask", "shipped")),
+}
+
+
+def downloads(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """Every download variant in one worker, by path: ``/shipped``, ``/ours-hook``, ..."""
+    app = DOWNLOADS.get(environ.get("PATH_INFO", ""), DOWNLOADS["/shipped"])
+    return app(environ, start_response)
+
+
+def read_chunks(f: IO[bytes], size: int) -> Iterator[bytes]:
+    """A generator body: ``size`` bytes of ``f`` in 64 KiB chunks; closes ``f`` when closed."""
+    with f:
+        left = size
+        while left > 0:
+            chunk = f.read(min(CHUNK, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+
+def raw_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """``/file`` and ``/gen`` stream the first ``size`` bytes (default: all) of ``BENCH_FILE``."""
+    path = environ.get("PATH_INFO", "")
+    if path not in ("/file", "/gen"):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+        return [b"pong"]
+    args = parse_qs(environ.get("QUERY_STRING", ""))
+    if "hook" in args:
+        add_cleanup(environ, remove_marker, args["hook"][0])
+    size = int(args["size"][0]) if "size" in args else os.path.getsize(FILE)
+    f = open(FILE, "rb")  # noqa: SIM115 - the body closes it
+    start_response(
+        "200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))]
+    )
+    if path == "/file":
+        return environ["wsgi.file_wrapper"](f, CHUNK)
+    return read_chunks(f, size)
+
+
+ours_raw = CleanupMiddleware(raw_app)
+
+
+def hello_app(name: str) -> Flask:
+    """Flask's hello world, at ``/<name>``."""
+    app = Flask(name)
+
+    @app.get("/ping")
+    def ping() -> str:
+        return "pong"
+
+    @app.get(f"/{name}")
+    def hello() -> str:
+        return "Hello, World!"
+
+    return app
+
+
+HELLO = {
+    "/without": hello_app("without"),
+    "/with": cleanup_middleware.flask.init_app(hello_app("with")),
+}
+
+
+def hello(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """Both hello worlds in one worker: ``/without`` plain, ``/with`` after ``init_app``."""
+    return HELLO.get(environ.get("PATH_INFO", ""), HELLO["/without"])(environ, start_response)
