@@ -50,20 +50,33 @@ _ExitFunc = Callable[[type[BaseException] | None, BaseException | None, Tracebac
 
 
 class _ContextExit:
-    """A registered context manager's bound ``__exit__``, to be told of the request's failure."""
+    """A registered context manager's ``__exit__``: called at close with the request's failure.
 
-    __slots__ = ("exit",)
+    The failure is one recorded in the environ (by :meth:`ResponseCleanup.record_failure`, or
+    by :meth:`ResponseCleanup.close` when the body's own ``close()`` raised), else the exception
+    the server is handling while it closes the body (an error while sending, a client that
+    went away). Looked up only here: plain hooks need no failure and pay nothing for it.
+    """
 
-    def __init__(self, exit_: _ExitFunc) -> None:
+    __slots__ = ("environ", "exit")
+
+    def __init__(self, environ: WSGIEnvironment, exit_: _ExitFunc) -> None:
+        self.environ = environ
         self.exit = exit_
+
+    def __call__(self) -> None:
+        failure = self.environ.get(FAILURE_KEY) or sys.exc_info()[1]
+        if failure is None:
+            self.exit(None, None, None)
+        else:
+            self.exit(type(failure), failure, failure.__traceback__)
 
     def __repr__(self) -> str:
         return repr(self.exit)
 
 
-# A registered hook: a callable taking no arguments (the user's function, or a partial binding
-# its arguments), or a _ContextExit.
-_Entry = Callable[[], Any] | _ContextExit
+# A registered hook: the user's function, a partial binding its arguments, or a _ContextExit.
+_Hook = Callable[[], object]
 
 # File wrapper classes whose instances refused a new ``close``; each is logged once.
 _unpatchable_types: set[type] = set()
@@ -90,7 +103,7 @@ class ResponseCleanup:
     __slots__ = ("_body", "_close_body", "_entries", "_environ")
 
     _environ: WSGIEnvironment | None  # None from the moment close() starts: it runs once
-    _entries: list[_Entry] | None  # None once close() finished: registering then is an error
+    _entries: list[_Hook] | None  # None once close() finished: registering then is an error
     _body: Iterable[bytes]  # the body this object iterates as, if any
     _close_body: Callable[[], object] | None  # the body's own close()
 
@@ -107,14 +120,13 @@ class ResponseCleanup:
         if self._environ is not None:
             self._environ.setdefault(FAILURE_KEY, exc)
 
-    def adopt_file_wrapper(self, body: Iterable[bytes]) -> bool:
-        """Point the file wrapper ``body``'s ``close`` here; false if it will not take it.
+    def adopt_file_wrapper(self, body: Iterable[bytes], close_body: Callable[[], object]) -> bool:
+        """Point the file body's ``close`` here, to run ``close_body`` and then the hooks.
 
         The server then gets its own object back and can still send the file with
-        ``sendfile()``. When the object refuses a new attribute (``__slots__``), the caller
-        falls back to wrapping it, which this logs once per class at debug level.
+        ``sendfile()``. Returns false when the object refuses a new attribute (``__slots__``):
+        the caller then wraps it, which this logs once per class at debug level.
         """
-        close_body = getattr(body, "close", None)
         try:
             body.close = self.close  # type: ignore[attr-defined]
         except (AttributeError, TypeError):
@@ -149,27 +161,27 @@ class ResponseCleanup:
                 self._close_body()
             except BaseException as exc:
                 body_error = exc
+                environ.setdefault(FAILURE_KEY, exc)
         hook_error: BaseException | None = None
         entries = self._entries
         # pop() until empty, so hooks registered meanwhile (by a hook, say) run too.
         while entries:
-            entry = entries.pop()
+            hook = entries.pop()
             try:
-                if entry.__class__ is _ContextExit:
-                    # Looked up only for context managers: plain hooks need no failure.
-                    failure = environ.get(FAILURE_KEY) or body_error or sys.exc_info()[1]
-                    if failure is None:
-                        entry.exit(None, None, None)
-                    else:
-                        entry.exit(type(failure), failure, failure.__traceback__)
-                else:
-                    entry()  # type: ignore[operator]
+                hook()
             except BaseException as exc:
-                hook_error = _hook_failed(environ, entry, exc, hook_error)
+                hook_error = _hook_failed(environ, hook, exc, hook_error)
         # Closed: drop the references that tie the environ, the body and the hooks together.
         self._entries = None
         self._close_body = None
         self._body = ()
+        if hook_error is not None or body_error is not None:
+            self._raise_errors(hook_error, body_error)
+
+    def _raise_errors(
+        self, hook_error: BaseException | None, body_error: BaseException | None
+    ) -> None:
+        """Raise what :meth:`close` must raise, once every hook ran."""
         if hook_error is not None and not isinstance(hook_error, Exception):
             raise hook_error
         if body_error is not None:
@@ -213,7 +225,7 @@ def _describe(environ: WSGIEnvironment) -> str:
 
 
 def _hook_failed(
-    environ: WSGIEnvironment, hook: _Entry, exc: BaseException, earlier: BaseException | None
+    environ: WSGIEnvironment, hook: _Hook, exc: BaseException, earlier: BaseException | None
 ) -> BaseException:
     """Log a hook's failure; return the error close() would raise after the others ran."""
     logger.error("cleanup hook %r failed for %s", hook, _describe(environ), exc_info=exc)
@@ -318,5 +330,5 @@ def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _
     if entries is None:
         raise _closed_error("enter_context")
     result: _T = enter(cm)
-    entries.append(_ContextExit(exit_.__get__(cm, cls)))
+    entries.append(_ContextExit(environ, exit_.__get__(cm, cls)))
     return result

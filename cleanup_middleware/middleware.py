@@ -110,19 +110,16 @@ class CleanupMiddleware:
             with suppress(Exception):
                 cleanup.close()
             raise
-        file_wrapper = environ.get("wsgi.file_wrapper")
+        close_body = getattr(body, "close", None)
         if (
-            file_wrapper is not None
-            # gunicorn, waitress and wsgiref test with isinstance; uWSGI's file_wrapper is a
-            # function that returns the file itself and the server tests identity.
-            and (
-                isinstance(body, file_wrapper)
-                if isinstance(file_wrapper, type)
-                else hasattr(body, "read")
-            )
-            and cleanup.adopt_file_wrapper(body)
+            # A file body has a close() of its own. The server must get it back as it made it:
+            # gunicorn, waitress and wsgiref test its class, and uWSGI, whose file_wrapper
+            # returns the file itself, tests identity.
+            close_body is not None
+            and (body.__class__ is environ.get("wsgi.file_wrapper") or hasattr(body, "read"))
+            and cleanup.adopt_file_wrapper(body, close_body)
         ):
             return body
         cleanup._body = body
-        cleanup._close_body = getattr(body, "close", None)
+        cleanup._close_body = close_body
         return cleanup

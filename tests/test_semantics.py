@@ -177,6 +177,28 @@ def test_function_file_wrapper_like_uwsgi_gets_the_same_object_back(
     assert record.events == ["hook"]
 
 
+def test_open_file_returned_as_the_body_goes_back_itself_and_is_closed_before_the_hook(
+    record: Recorder, tmp_path: Any
+) -> None:
+    # PEP 3333 allows a file object as the body; with no file_wrapper the server iterates it.
+    path = tmp_path / "data.txt"
+    path.write_bytes(b"line 1\nline 2\n")
+    files: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, lambda: record(f"hook, file closed: {files[0].closed}"))
+        start_response("200 OK", [])
+        files.append(open(path, "rb"))
+        return files[0]
+
+    body = CleanupMiddleware(app)(make_environ(), start_response)
+    assert body is files[0]
+    assert list(body) == [b"line 1\n", b"line 2\n"]
+    body.close()
+    body.close()
+    assert record.events == ["hook, file closed: True"]
+
+
 def test_file_wrapper_that_refuses_a_new_close_falls_back_to_a_wrapper(
     record: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -576,6 +598,23 @@ def test_enter_context_is_told_when_iteration_raises() -> None:
     with pytest.raises(LookupError):
         serve(CleanupMiddleware(app))
     assert cm.exits == [LookupError]
+
+
+def test_enter_context_is_told_when_the_bodys_own_close_raises(record: Recorder) -> None:
+    cm = Tracked()
+
+    class BadClose(ClosableBody):
+        def close(self) -> None:
+            raise OSError("flush failed")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        enter_context(environ, cm)
+        start_response("200 OK", [])
+        return BadClose(record)
+
+    with pytest.raises(OSError, match="flush failed"):
+        serve(CleanupMiddleware(app))
+    assert cm.exits == [OSError]
 
 
 def test_record_failure_is_passed_even_when_the_body_closes_normally() -> None:
