@@ -273,14 +273,9 @@ def start_server(
     The caller must call :meth:`Server.stop`; prefer :func:`run_server`, which always does.
     Without ``log_dir`` the log goes to a new temporary directory that is left in place.
     """
-    log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="serverkit-"))
-    log_path = log_dir / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    log_path = new_log_path(log_dir, name)
+    listener, port = listening_socket()
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((HOST, 0))
-        listener.listen(128)
-        port = listener.getsockname()[1]
         fd = listener.fileno()
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
@@ -299,7 +294,7 @@ def start_server(
         listener.close()
     server = Server(name=name, app=app, port=port, process=process, log_path=log_path)
     try:
-        _wait_until_ready(server, ready_path, startup_timeout)
+        wait_until_ready(server, ready_path, startup_timeout)
     except BaseException:
         server.stop()
         raise
@@ -357,7 +352,32 @@ def run_server(
         yield server
 
 
-def _wait_until_ready(server: Server, ready_path: str | None, timeout: float) -> None:
+def new_log_path(log_dir: str | os.PathLike[str] | None, name: str) -> Path:
+    """A fresh log file name for server ``name``; a new temporary directory without ``log_dir``."""
+    directory = (
+        Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="serverkit-"))
+    )
+    return directory / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
+
+
+def listening_socket() -> tuple[socket.socket, int]:
+    """A socket listening on an ephemeral port of 127.0.0.1, for a server to inherit; its port.
+
+    Listening before the server starts means no port race; the caller closes its copy once the
+    child holds it.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((HOST, 0))
+        listener.listen(128)
+    except BaseException:
+        listener.close()
+        raise
+    return listener, listener.getsockname()[1]
+
+
+def wait_until_ready(server: Server, ready_path: str | None, timeout: float) -> None:
     """Return once the server answered a request on ``ready_path`` with any status line.
 
     The socket listens before the server runs, so a connection alone proves nothing: the probe

@@ -14,7 +14,6 @@ import contextlib
 import http.client
 import io
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,62 +21,32 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import pytest
 import serverkit
-from serverkit import RECORD_DIR_ENV, Server, read_records, record, run_server, wait_for_records
+from apps.config_hooks import HOOKS, events
+from serverkit import RECORD_DIR_ENV, Server, read_records, run_server, wait_for_records
 from werkzeug.test import create_environ, run_wsgi_app
 
-from cleanup_middleware import CleanupMiddleware, add_cleanup
+from cleanup_middleware import CleanupMiddleware
 from cleanup_middleware.cli import main
 from cleanup_middleware.config import ENV_VAR
 
-HERE = __name__
 SCRIPT = Path(sys.executable).with_name("cleanup-middleware")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 CONFIG = f"""
 [[hooks]]
-call = "{HERE}:closed"
+call = "{HOOKS}:closed"
 
 [[hooks]]
-context = "{HERE}:transaction"
+context = "{HOOKS}:transaction"
 paths = ["/api/"]
 methods = ["POST"]
 """
 
 
 # --- the application and the hooks, run inside gunicorn ---------------------------------------
-
-
-def _token(environ: dict[str, Any]) -> str | None:
-    return parse_qs(environ.get("QUERY_STRING", "")).get("token", [None])[0]
-
-
-def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-    token = _token(environ)
-    add_cleanup(environ, record, "own", token=token)
-    if environ["PATH_INFO"].endswith("/fail"):
-        raise RuntimeError("app failed")
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]
-
-
-def closed(environ: dict[str, Any]) -> None:
-    record("closed", token=_token(environ), detail=environ["REQUEST_METHOD"])
-
-
-@contextlib.contextmanager
-def transaction(environ: dict[str, Any]) -> Iterator[None]:
-    token = _token(environ)
-    record("enter", token=token)
-    try:
-        yield
-    except BaseException as exc:
-        record("exit", token=token, detail=type(exc).__name__)
-        raise
-    record("exit", token=token, detail=None)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -92,10 +61,6 @@ def send(server: Server, method: str, path: str) -> int:
         return response.status
     finally:
         conn.close()
-
-
-def events(records: list[dict[str, Any]], token: str) -> list[tuple[str, Any]]:
-    return [(r["event"], r.get("detail")) for r in records if r.get("token") == token]
 
 
 # (method, path, status, what the request's hooks record, in order)
@@ -134,10 +99,8 @@ def check_config_hooks_run(server: Server, records: Path) -> None:
 @contextlib.contextmanager
 def run_serve(args: list[str], env: dict[str, str], log_dir: Path) -> Iterator[Server]:
     """``cleanup-middleware serve ARGS --bind fd://N`` on a socket bound here, always reaped."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener, port = serverkit.listening_socket()
     try:
-        listener.bind((serverkit.HOST, 0))
-        listener.listen(128)
         fd = listener.fileno()
         log_path = log_dir / "serve.log"
         with open(log_path, "wb") as log:
@@ -150,14 +113,13 @@ def run_serve(args: list[str], env: dict[str, str], log_dir: Path) -> Iterator[S
                 pass_fds=(fd,),
                 start_new_session=True,
             )
-        port = listener.getsockname()[1]
     finally:
         listener.close()
     server = Server(
         name="cleanup-middleware serve", app=args[0], port=port, process=process, log_path=log_path
     )
     try:
-        serverkit._wait_until_ready(server, "/ready", 20.0)
+        serverkit.wait_until_ready(server, "/ready", 20.0)
         yield server
     finally:
         server.stop()
@@ -190,15 +152,15 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
-BAD_CONFIG = f'[[hooks]]\ncall = "{HERE}:closd"\n'
-BAD_MESSAGE = f"hooks[0].call: '{HERE}:closd': 'closd' not found (did you mean 'closed'?)"
+BAD_CONFIG = f'[[hooks]]\ncall = "{HOOKS}:closd"\n'
+BAD_MESSAGE = f"hooks[0].call: '{HOOKS}:closd': 'closd' not found (did you mean 'closed'?)"
 
 
 # --- gunicorn's app-factory syntax ------------------------------------------------------------
 
 
 def test_gunicorn_factory_syntax(tmp_path: Path, records: Path, config: Path) -> None:
-    factory = f'cleanup_middleware:wrap("{HERE}:app", config="{config}")'
+    factory = f'cleanup_middleware:wrap("{HOOKS}:app", config="{config}")'
     env = {RECORD_DIR_ENV: str(records)}
     with run_server("gunicorn-sync", factory, env=env, log_dir=tmp_path) as server:
         check_config_hooks_run(server, records)
@@ -207,7 +169,7 @@ def test_gunicorn_factory_syntax(tmp_path: Path, records: Path, config: Path) ->
 def test_gunicorn_factory_syntax_with_a_bad_config(tmp_path: Path) -> None:
     bad = tmp_path / "cleanup.toml"
     bad.write_text(BAD_CONFIG)
-    factory = f'cleanup_middleware:wrap("{HERE}:app", config="cleanup.toml")'
+    factory = f'cleanup_middleware:wrap("{HOOKS}:app", config="cleanup.toml")'
     command = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "1", factory]
     result = start_and_fail(command, tmp_path)
     assert result.returncode != 0
@@ -219,7 +181,7 @@ def test_gunicorn_factory_syntax_with_a_bad_config(tmp_path: Path) -> None:
 
 def test_serve(tmp_path: Path, records: Path, config: Path) -> None:
     # Gunicorn options before and after ours, all passed through to gunicorn's own parser.
-    args = [f"{HERE}:app", "--workers", "1", "--config", str(config), "--access-logfile", "-"]
+    args = [f"{HOOKS}:app", "--workers", "1", "--config", str(config), "--access-logfile", "-"]
     args += ["--graceful-timeout", "3"]
     with run_serve(args, {RECORD_DIR_ENV: str(records)}, tmp_path) as server:
         check_config_hooks_run(server, records)
@@ -230,13 +192,13 @@ def test_serve_takes_the_config_from_the_environment(
     tmp_path: Path, records: Path, config: Path
 ) -> None:
     env = {RECORD_DIR_ENV: str(records), ENV_VAR: str(config)}
-    with run_serve([f"{HERE}:app", "--workers", "1"], env, tmp_path) as server:
+    with run_serve([f"{HOOKS}:app", "--workers", "1"], env, tmp_path) as server:
         check_config_hooks_run(server, records)
 
 
 def test_serve_with_a_bad_config(tmp_path: Path) -> None:
     (tmp_path / "cleanup.toml").write_text(BAD_CONFIG)
-    command = [str(SCRIPT), "serve", f"{HERE}:app", "--config", "cleanup.toml"]
+    command = [str(SCRIPT), "serve", f"{HOOKS}:app", "--config", "cleanup.toml"]
     result = start_and_fail([*command, "--bind", "127.0.0.1:0"], tmp_path)
     assert result.returncode != 0
     assert f"cleanup.toml: {BAD_MESSAGE}" in result.stderr
@@ -256,8 +218,8 @@ def test_check_prints_what_runs_for_which_requests(
     out = capsys.readouterr().out
     assert out.startswith(f'{config}: 2 hooks, on-hook-error = "log"\n')
     lines = out.splitlines()
-    assert lines[2].split() == ["hooks[0]", "call", f"{HERE}:closed", "any", "any"]
-    assert lines[3].split() == ["hooks[1]", "context", f"{HERE}:transaction", "POST", "/api/"]
+    assert lines[2].split() == ["hooks[0]", "call", f"{HOOKS}:closed", "any", "any"]
+    assert lines[3].split() == ["hooks[1]", "context", f"{HOOKS}:transaction", "POST", "/api/"]
 
 
 def test_check_a_pyproject_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -268,7 +230,7 @@ def test_check_a_pyproject_table(tmp_path: Path, capsys: pytest.CaptureFixture[s
             [tool.cleanup-middleware]
             on-hook-error = "raise"
             [[tool.cleanup-middleware.hooks]]
-            call = "{HERE}:closed"
+            call = "{HOOKS}:closed"
             methods = ["get", "HEAD"]
             """
         )
@@ -279,7 +241,7 @@ def test_check_a_pyproject_table(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert out.splitlines()[2].split() == [
         "hooks[0]",
         "call",
-        f"{HERE}:closed",
+        f"{HOOKS}:closed",
         "GET,",
         "HEAD",
         "any",
@@ -327,7 +289,7 @@ def test_console_script(tmp_path: Path, config: Path) -> None:
         [str(SCRIPT), "check", str(config)], env=env, capture_output=True, text=True, timeout=60
     )
     assert good.returncode == 0, good.stderr
-    assert f"{HERE}:transaction" in good.stdout
+    assert f"{HOOKS}:transaction" in good.stdout
     bad_path = tmp_path / "bad.toml"
     bad_path.write_text(BAD_CONFIG)
     bad = subprocess.run(

@@ -12,19 +12,17 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
+from apps.config_hooks import HOOKS, events
 from paste.deploy import loadapp
-from serverkit import RECORD_DIR_ENV, http_get, read_records, record, run_server, wait_for_records
+from serverkit import RECORD_DIR_ENV, http_get, read_records, run_server, wait_for_records
 
-from cleanup_middleware import ConfigError, add_cleanup
-
-HERE = __name__
+from cleanup_middleware import ConfigError
 
 INI = f"""
 [pipeline:main]
@@ -35,64 +33,28 @@ use = egg:cleanup-middleware
 config = %(here)s/cleanup.toml
 
 [app:app]
-use = call:{HERE}:app_factory
+use = call:{HOOKS}:app_factory
 """
 
 CLEANUP_TOML = f"""
 [[hooks]]
-call = "{HERE}:closed"
+call = "{HOOKS}:closed"
 
 [[hooks]]
-context = "{HERE}:transaction"
+context = "{HOOKS}:transaction"
 paths = ["/api/"]
 """
 
 # (path, status, what the request's hooks record, in order)
 CASES = [
-    ("/page", 200, [("own", None), ("closed", None)]),
-    ("/api/items", 200, [("enter", None), ("own", None), ("exit", None), ("closed", None)]),
+    ("/page", 200, [("own", None), ("closed", "GET")]),
+    ("/api/items", 200, [("enter", None), ("own", None), ("exit", None), ("closed", "GET")]),
     (
         "/api/fail",
         500,
-        [("enter", None), ("own", None), ("exit", "RuntimeError"), ("closed", None)],
+        [("enter", None), ("own", None), ("exit", "RuntimeError"), ("closed", "GET")],
     ),
 ]
-
-
-def _token(environ: dict[str, Any]) -> str | None:
-    return parse_qs(environ.get("QUERY_STRING", "")).get("token", [None])[0]
-
-
-def app_factory(global_conf: dict[str, Any], **local_conf: str) -> Any:
-    return app
-
-
-def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-    add_cleanup(environ, record, "own", token=_token(environ))
-    if environ["PATH_INFO"].endswith("/fail"):
-        raise RuntimeError("app failed")
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]
-
-
-def closed(environ: dict[str, Any]) -> None:
-    record("closed", token=_token(environ))
-
-
-@contextlib.contextmanager
-def transaction(environ: dict[str, Any]) -> Iterator[None]:
-    token = _token(environ)
-    record("enter", token=token)
-    try:
-        yield
-    except BaseException as exc:
-        record("exit", token=token, detail=type(exc).__name__)
-        raise
-    record("exit", token=token, detail=None)
-
-
-def events(records: list[dict[str, Any]], token: str) -> list[tuple[str, Any]]:
-    return [(r["event"], r.get("detail")) for r in records if r.get("token") == token]
 
 
 def check_config_hooks_run(url: str, records: Path) -> None:
@@ -102,7 +64,7 @@ def check_config_hooks_run(url: str, records: Path) -> None:
         token = uuid.uuid4().hex
         tokens.append(token)
         assert http_get(f"{url}{path}?token={token}").status == status
-        wait_for_records(records, lambda rs, t=token: ("closed", None) in events(rs, t))
+        wait_for_records(records, lambda rs, t=token: ("closed", "GET") in events(rs, t))
     final = read_records(records)
     for (path, _, expected), token in zip(CASES, tokens, strict=False):
         assert events(final, token) == expected, path
@@ -172,7 +134,7 @@ def test_unknown_filter_option(tmp_path: Path) -> None:
 
 
 def test_bad_cleanup_config(tmp_path: Path) -> None:
-    ini = write_ini(tmp_path, cleanup_toml=f'[[hooks]]\ncall = "{HERE}:closd"\n')
+    ini = write_ini(tmp_path, cleanup_toml=f'[[hooks]]\ncall = "{HOOKS}:closd"\n')
     with pytest.raises(ConfigError) as info:
         loadapp(f"config:{ini}")
     assert str(info.value).startswith(f"{tmp_path / 'cleanup.toml'}: hooks[0].call: ")

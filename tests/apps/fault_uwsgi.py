@@ -16,19 +16,15 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from serverkit import Server
+from serverkit import Server, listening_socket, new_log_path, wait_until_ready
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
 APPS_DIR = TESTS_DIR / "apps"
-HOST = "127.0.0.1"
 
 _RUN = "import sys; from pyuwsgi import run; sys.argv[0] = 'uwsgi'; sys.exit(run())"
 
@@ -66,14 +62,9 @@ def run_uwsgi(
     missing = uwsgi_missing()
     if missing:
         raise RuntimeError(missing)
-    log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="uwsgi-"))
-    log_path = log_dir / f"uwsgi-{os.getpid()}-{time.monotonic_ns()}.log"
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    log_path = new_log_path(log_dir, "uwsgi")
+    listener, port = listening_socket()
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((HOST, 0))
-        listener.listen(128)
-        port = listener.getsockname()[1]
         cmd = [
             sys.executable,
             "-c",
@@ -102,24 +93,7 @@ def run_uwsgi(
         listener.close()
     server = Server(name="uwsgi", app=app, port=port, process=process, log_path=log_path)
     try:
-        _wait_until_ready(server, startup_timeout)
+        wait_until_ready(server, "/__ready__", startup_timeout)
         yield server
     finally:
         server.stop()
-
-
-def _wait_until_ready(server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    request = f"GET /__ready__ HTTP/1.0\r\nHost: {HOST}:{server.port}\r\n\r\n".encode()
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"uWSGI exited before answering: {server.describe()}")
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection((HOST, server.port), timeout=1.0) as sock,
-        ):
-            sock.sendall(request)
-            if sock.recv(16).startswith(b"HTTP/"):
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"uWSGI did not answer within {timeout} s: {server.describe()}")
