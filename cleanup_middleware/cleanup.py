@@ -156,13 +156,17 @@ class ResponseCleanup:
         # From here on the response is closing: a second close() returns above.
         self._environ = None
         body_error: BaseException | None = None
-        if self._close_body is not None:
+        hook_error: BaseException | None = None
+        close_body = self._close_body
+        if close_body is not None:
+            # Dropped first: an adopted file body's close is this method, so the two refer to
+            # each other until here.
+            self._close_body = None
             try:
-                self._close_body()
+                close_body()
             except BaseException as exc:
                 body_error = exc
                 environ.setdefault(FAILURE_KEY, exc)
-        hook_error: BaseException | None = None
         entries = self._entries
         # pop() until empty, so hooks registered meanwhile (by a hook, say) run too.
         while entries:
@@ -171,9 +175,8 @@ class ResponseCleanup:
                 hook()
             except BaseException as exc:
                 hook_error = _hook_failed(environ, hook, exc, hook_error)
-        # Closed: drop the references that tie the environ, the body and the hooks together.
+        # Closed: registering now is an error, and the body is no longer ours to hold.
         self._entries = None
-        self._close_body = None
         self._body = ()
         if hook_error is not None or body_error is not None:
             self._raise_errors(hook_error, body_error)
