@@ -8,9 +8,10 @@ path without standing between the server and the body's chunks:
 * an ordinary body (a list, a generator, any iterable) is returned to the server inside the
   :class:`ResponseCleanup` itself, whose ``__iter__`` hands back the body's own iterator, so no
   Python code of ours runs per chunk;
-* a body made by the server's ``wsgi.file_wrapper`` goes back to the server as the very same
-  object, with its ``close`` attribute pointed at :meth:`ResponseCleanup.close` (as Django does),
-  so the server still recognises it and sends the file with ``sendfile()``.
+* a file body (made by the server's ``wsgi.file_wrapper``, or an open file the application
+  returned) goes back to the server as the very same object, with its ``close`` attribute
+  pointed at :meth:`ResponseCleanup.close` (as Django does), so the server still recognises it
+  and sends the file with ``sendfile()``.
 
 :func:`add_cleanup` and :func:`enter_context` are the public ways to register hooks on it.
 """
@@ -88,8 +89,9 @@ class ResponseCleanup:
     Not created by users: :class:`~cleanup_middleware.CleanupMiddleware` makes one per request,
     stores it as ``environ["cleanup_middleware.cleanup"]`` and, once the application returned,
     hands the server either the application's body with its ``close`` pointed here (the
-    server's own file wrapper, see :meth:`adopt_file_wrapper`) or this object, which iterates
-    as the body does. Register hooks with :func:`add_cleanup` and :func:`enter_context`.
+    server's own file wrapper or an open file, see :meth:`adopt_file_body`) or this object,
+    which iterates as the body does. Register hooks with :func:`add_cleanup` and
+    :func:`enter_context`.
 
     :meth:`close` closes the body first (so a file is closed before a hook deletes it), then runs
     the hooks last-registered-first, in the manner of :class:`contextlib.ExitStack`. Every hook
@@ -120,7 +122,7 @@ class ResponseCleanup:
         if self._environ is not None:
             self._environ.setdefault(FAILURE_KEY, exc)
 
-    def adopt_file_wrapper(self, body: Iterable[bytes], close_body: Callable[[], object]) -> bool:
+    def adopt_file_body(self, body: Iterable[bytes], close_body: Callable[[], object]) -> bool:
         """Point the file body's ``close`` here, to run ``close_body`` and then the hooks.
 
         The server then gets its own object back and can still send the file with

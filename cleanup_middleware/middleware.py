@@ -112,12 +112,13 @@ class CleanupMiddleware:
             raise
         close_body = getattr(body, "close", None)
         if (
-            # A file body has a close() of its own. The server must get it back as it made it:
-            # gunicorn, waitress and wsgiref test its class, and uWSGI, whose file_wrapper
-            # returns the file itself, tests identity.
+            # A file body has a close() of its own, and the server must get it back as it made
+            # it: gunicorn, waitress and wsgiref test the class of their file wrapper; uWSGI's
+            # file_wrapper returns the file itself (read() and all) and tests identity, which
+            # also keeps an open file that the application returned whole.
             close_body is not None
             and (body.__class__ is environ.get("wsgi.file_wrapper") or hasattr(body, "read"))
-            and cleanup.adopt_file_wrapper(body, close_body)
+            and cleanup.adopt_file_body(body, close_body)
         ):
             return body
         cleanup._body = body
