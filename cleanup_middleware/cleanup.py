@@ -79,6 +79,14 @@ class _ContextExit:
 # A registered hook: the user's function, a partial binding its arguments, or a _ContextExit.
 _Hook = Callable[[], object]
 
+
+def _closed_marker() -> None:
+    """Never called: it marks a response whose close() finished (see ``_CLOSED``)."""
+
+
+# ResponseCleanup._first_hook once close() finished, so that registering then is an error.
+_CLOSED: _Hook = _closed_marker
+
 # File wrapper classes whose instances refused a new ``close``; each is logged once.
 _unpatchable_types: set[type] = set()
 
@@ -100,12 +108,16 @@ class ResponseCleanup:
     """
 
     # Set by CleanupMiddleware, which builds the object without __init__ to keep each request
-    # cheap: _environ and _entries at once, _body and _close_body when the application
+    # cheap: _environ and the hooks at once, _body and _close_body when the application
     # returned (or _close_body = None when it raised).
-    __slots__ = ("_body", "_close_body", "_entries", "_environ")
+    __slots__ = ("_body", "_close_body", "_environ", "_first_hook", "_later_hooks")
 
     _environ: WSGIEnvironment | None  # None from the moment close() starts: it runs once
-    _entries: list[_Hook] | None  # None once close() finished: registering then is an error
+    # The hooks, held so that the usual request, with one hook or none, allocates no list: the
+    # first registered, then a list of the others, made when a second one comes. _first_hook
+    # is _CLOSED once close() finished: registering then is an error.
+    _first_hook: _Hook | None
+    _later_hooks: list[_Hook] | None
     _body: Iterable[bytes]  # the body this object iterates as, if any
     _close_body: Callable[[], object] | None  # the body's own close()
 
@@ -121,6 +133,28 @@ class ResponseCleanup:
         """
         if self._environ is not None:
             self._environ.setdefault(FAILURE_KEY, exc)
+
+    def _register(self, hook: _Hook, call: str) -> None:
+        """Add ``hook`` to run at close; ``call`` names the public function, for the error.
+
+        Threads may register on one request at once. Between each test of a slot and the store
+        that follows it nothing allocates or calls out, so with the GIL no other thread runs in
+        between to have its hook overwritten (:func:`add_cleanup`'s own first-hook store too).
+        """
+        first_hook = self._first_hook
+        if first_hook is None:
+            self._first_hook = hook
+            return
+        if first_hook is _CLOSED:
+            raise _closed_error(call)
+        later_hooks = self._later_hooks
+        if later_hooks is None:
+            later_hooks = []  # made before the test below, which must not allocate
+            if self._later_hooks is None:
+                self._later_hooks = later_hooks
+            else:
+                later_hooks = self._later_hooks
+        later_hooks.append(hook)
 
     def adopt_file_body(self, body: Iterable[bytes], close_body: Callable[[], object]) -> bool:
         """Point the file body's ``close`` here, to run ``close_body`` and then the hooks.
@@ -169,16 +203,23 @@ class ResponseCleanup:
             except BaseException as exc:
                 body_error = exc
                 environ.setdefault(FAILURE_KEY, exc)
-        entries = self._entries
-        # pop() until empty, so hooks registered meanwhile (by a hook, say) run too.
-        while entries:
-            hook = entries.pop()
+        # Last-registered-first: the later hooks from the end, then the first. Each is taken
+        # out before it runs, so hooks registered meanwhile (by a hook, say) run too.
+        while True:
+            later_hooks = self._later_hooks
+            if later_hooks:
+                hook = later_hooks.pop()
+            elif self._first_hook is not None:
+                hook = self._first_hook
+                self._first_hook = None
+            else:
+                break
             try:
                 hook()
             except BaseException as exc:
                 hook_error = _hook_failed(environ, hook, exc, hook_error)
         # Closed: registering now is an error, and the body is no longer ours to hold.
-        self._entries = None
+        self._first_hook = _CLOSED
         self._body = ()
         if hook_error is not None or body_error is not None:
             self._raise_errors(hook_error, body_error)
@@ -290,7 +331,7 @@ def add_cleanup(
         add_cleanup(environ, os.unlink, tmp_path)
     """
     try:
-        entries = environ[ENVIRON_KEY]._entries
+        cleanup: ResponseCleanup = environ[ENVIRON_KEY]
     except (KeyError, TypeError):
         raise _not_wrapped(environ, "add_cleanup") from None
     if not callable(fn):
@@ -298,9 +339,12 @@ def add_cleanup(
             f"add_cleanup() needs a callable to run at close, got {fn!r} "
             f"({type(fn).__name__}); pass the function itself, not its result"
         )
-    if entries is None:
-        raise _closed_error("add_cleanup")
-    entries.append(partial(fn, *args, **kwargs) if args or kwargs else fn)
+    hook = partial(fn, *args, **kwargs) if args or kwargs else fn
+    # The request's first hook is stored right here: the common case, kept one call deep.
+    if cleanup._first_hook is None:
+        cleanup._first_hook = hook
+    else:
+        cleanup._register(hook, "add_cleanup")
 
 
 def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _T:
@@ -320,7 +364,7 @@ def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _
         conn = enter_context(environ, closing(sqlite3.connect(path)))
     """
     try:
-        entries = environ[ENVIRON_KEY]._entries
+        cleanup: ResponseCleanup = environ[ENVIRON_KEY]
     except (KeyError, TypeError):
         raise _not_wrapped(environ, "enter_context") from None
     cls = type(cm)
@@ -332,8 +376,8 @@ def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _
             f"enter_context() needs a context manager, got a {cls.__module__}.{cls.__qualname__} "
             "object without __enter__/__exit__"
         ) from None
-    if entries is None:
+    if cleanup._first_hook is _CLOSED:
         raise _closed_error("enter_context")
     result: _T = enter(cm)
-    entries.append(_ContextExit(environ, exit_.__get__(cm, cls)))
+    cleanup._register(_ContextExit(environ, exit_.__get__(cm, cls)), "enter_context")
     return result

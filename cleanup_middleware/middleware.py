@@ -97,7 +97,8 @@ class CleanupMiddleware:
         # Built without __init__ and filled in here: this is the per-request cost of the library.
         cleanup = environ[ENVIRON_KEY] = self._cleanup_class()
         cleanup._environ = environ
-        cleanup._entries = []
+        cleanup._first_hook = None
+        cleanup._later_hooks = None
         try:
             if self._hooks:
                 register(self._hooks, environ)

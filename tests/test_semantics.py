@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import threading
 import warnings
 import wsgiref.util
@@ -498,6 +499,28 @@ def test_hook_registered_during_iteration_or_by_another_hook_runs_too(record: Re
     assert record.events == ["during iteration", "added by a hook"]
 
 
+def test_a_hook_registered_by_a_hook_runs_right_after_it(record: Recorder) -> None:
+    def hook(name: str, environ: dict[str, Any]) -> None:
+        record(name)
+        add_cleanup(environ, record, f"added by {name}")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        for name in ("first", "second", "third"):
+            add_cleanup(environ, hook, name, environ)
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(CleanupMiddleware(app))
+    assert record.events == [
+        "third",
+        "added by third",
+        "second",
+        "added by second",
+        "first",
+        "added by first",
+    ]
+
+
 def test_registering_after_close_is_an_error_not_a_silent_drop(record: Recorder) -> None:
     environ = make_environ()
     serve(app_returning(lambda environ: [b"x"], record), environ)
@@ -535,6 +558,57 @@ def test_threads_hooks_never_run_for_or_see_another_request() -> None:
         thread.join(timeout=30)
     assert all(not thread.is_alive() for thread in threads)
     assert seen == {n: [n] * 25 for n in range(8)}
+
+
+def test_threads_registering_on_one_request_at_once_lose_no_hook() -> None:
+    workers, requests = 4, 200
+    ran: list[tuple[int, int, int]] = []
+    current: list[dict[str, Any]] = []
+    go = threading.Barrier(workers + 1, timeout=10)
+    registered = threading.Barrier(workers + 1, timeout=10)
+
+    @contextmanager
+    def exits_into_ran(key: tuple[int, int, int]) -> Iterator[None]:
+        yield
+        ran.append(key)
+
+    def worker(worker_id: int) -> None:
+        for request_id in range(requests):
+            go.wait()
+            environ = current[-1]
+            # Each request's first hooks race: the first-hook slot, then the list of the others.
+            add_cleanup(environ, ran.append, (request_id, worker_id, 0))
+            enter_context(environ, exits_into_ran((request_id, worker_id, 1)))
+            add_cleanup(environ, ran.append, (request_id, worker_id, 2))
+            registered.wait()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        current.append(environ)
+        go.wait()
+        registered.wait()
+        start_response("200 OK", [])
+        return [b"x"]
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
+    middleware = CleanupMiddleware(app)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as CPython allows
+    try:
+        for thread in threads:
+            thread.start()
+        for _ in range(requests):
+            serve(middleware)
+    except BaseException:
+        go.abort()  # the workers stop at once rather than at the barrier's timeout
+        registered.abort()
+        raise
+    finally:
+        sys.setswitchinterval(interval)
+        for thread in threads:
+            thread.join(timeout=10)
+    assert sorted(ran) == [
+        (r, w, k) for r in range(requests) for w in range(workers) for k in range(3)
+    ]
 
 
 # -- enter_context: told whether the request failed -------------------------------------------
