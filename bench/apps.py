@@ -15,6 +15,7 @@ Download variants (benchmark 1), one Flask app each, all served by one worker
 (``bench.apps:downloads``) at ``/<variant>``, with the same view:
 
 * ``shipped``: Flask ``send_file`` as shipped, with a ``call_on_close`` callback;
+* ``shipped-again``: the same at another path, the A/A control;
 * ``workaround``: the published workaround, ``direct_passthrough = False``;
 * ``closing-iterator``: the shipped app behind a plain werkzeug ``ClosingIterator`` middleware;
 * ``ours-hook``: the shipped app behind ``CleanupMiddleware``, the view also calls
@@ -89,6 +90,7 @@ def closing_iterator_middleware(app: WSGIApplication) -> WSGIApplication:
 
 DOWNLOADS: dict[str, WSGIApplication] = {
     "/shipped": download_app("shipped", "shipped"),
+    "/shipped-again": download_app("shipped-again", "shipped"),
     "/workaround": download_app("workaround", "workaround"),
     "/closing-iterator": closing_iterator_middleware(download_app("closing-iterator", "shipped")),
     "/ours-hook": CleanupMiddleware(download_app("ours-hook", "hook")),

@@ -1,16 +1,17 @@
 """Benchmark 1: a large ``send_file`` download through gunicorn (sync worker) on loopback.
 
 One gunicorn server with one sync worker serves every variant of :mod:`bench.apps` at its own
-path: Flask as shipped, the published workaround (``direct_passthrough = False``), a plain
-werkzeug ``ClosingIterator`` middleware, ours with an ``add_cleanup`` hook, and ours through
-the Flask integration (``call_on_close``). One worker for all, because where the scheduler
+path: Flask as shipped (twice, at two paths: the second is an A/A control), the published
+workaround (``direct_passthrough = False``), a plain werkzeug ``ClosingIterator`` middleware,
+ours with an ``add_cleanup`` hook, and ours through the Flask integration (``call_on_close``).
+One worker for all, because where the scheduler
 places a worker relative to the client changes loopback throughput by more than the 5% the
 target allows, and a worker of its own per variant would make that part of the comparison. The
 file is real data in a temporary directory, synced and read once so that every variant is
 served from a warm page cache.
 
-Each round downloads the file from shipped and from the two of ours back to back, in an order
-that rotates from round to round, and in every other round then from one of the two slow
+Each round downloads the file from shipped, shipped-again and the two of ours back to back, in
+a shuffled order, and in every other round then from one of the two slow
 variants, which take turns (see :func:`round_order`); a first round with every variant warms up
 and is not counted. A download is a raw-socket GET reading into a reused 1 MiB buffer, timed
 from the request to EOF; the worker's CPU time (user + system, from ``/proc/<pid>/schedstat``)
@@ -18,7 +19,8 @@ is read around it. After each download the bench checks its marker files: did th
 ``call_on_close`` run, did the middleware's hook run, did gunicorn use ``sendfile()``. Figures
 are medians over the rounds. The judged time ratio of ours to shipped is the median of the
 ratio within each round: the downloads of a round see the same load from other processes, which
-comes and goes over seconds.
+comes and goes over seconds. The same figure for shipped-again, whose true value is 1.0, shows
+how far the run's noise alone moves it.
 
 Run alone: ``python -m bench.sendfile [--quick]`` (quick: 256 MiB instead of 1 GiB).
 """
@@ -26,6 +28,7 @@ Run alone: ``python -m bench.sendfile [--quick]`` (quick: 256 MiB instead of 1 G
 from __future__ import annotations
 
 import os
+import random
 from typing import TYPE_CHECKING, Any
 
 from .common import (
@@ -39,7 +42,6 @@ from .common import (
     download,
     median,
     median_interval,
-    rotated,
     size_text,
     standalone,
     workdir,
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 #: variant (its path in ``bench.apps:downloads``) -> (description, has a middleware hook)
 VARIANTS: dict[str, tuple[str, bool]] = {
     "shipped": ("Flask send_file as shipped", False),
+    "shipped-again": ("the same, at another path: the A/A control", False),
     "workaround": ("direct_passthrough = False", False),
     "closing-iterator": ("werkzeug ClosingIterator middleware", True),
     "ours-hook": ("CleanupMiddleware + add_cleanup", True),
@@ -82,20 +85,24 @@ def one_download(
 
 
 def round_order(r: int) -> list[str]:
-    """The downloads of round ``r``: shipped and ours back to back, then maybe a slow variant.
+    """The downloads of round ``r``: shipped, its control and ours, then maybe a slow variant.
 
-    Round 0, the warm-up, has every variant. Shipped and the two of ours run in every round, in
-    rotating order, so that each round gives a pair to compare; a single download varies by
-    some 15% on a 2-core VM, so the 5% target needs many rounds. The slow variants (the
-    workaround and ``ClosingIterator``, about 3 times slower and far from their target) come
-    in every other round, taking turns, which keeps the full run to about two minutes.
+    Round 0, the warm-up, has every variant. Shipped, shipped-again and the two of ours run in
+    every round, so that each round gives pairs to compare; a single download's time varies
+    several-fold on a 2-core VM, so the 5% target needs many rounds. Their order is shuffled
+    (seeded by the round, so a run can be repeated): a download may be slower or faster for
+    coming first, or right after another, and shuffling spreads that over all four alike. The
+    slow variants (the workaround and ``ClosingIterator``, about 4 times slower and far from
+    their target) come last in every odd round, taking turns, which keeps the full run to
+    about two minutes.
     """
-    fast = rotated(["shipped", "ours-hook", "ours-flask"], r)
+    fast = ["shipped", "shipped-again", "ours-hook", "ours-flask"]
+    random.Random(r).shuffle(fast)
     if r == 0:
         return [*fast, "workaround", "closing-iterator"]
-    return (
-        [*fast, "workaround"] if r % 4 == 1 else [*fast, "closing-iterator"] if r % 4 == 3 else fast
-    )
+    if r % 2:
+        return [*fast, "workaround" if r % 4 == 1 else "closing-iterator"]
+    return fast
 
 
 def run(quick: bool) -> Section:
@@ -132,9 +139,13 @@ def judge(results: dict[str, list[dict[str, Any]]], size: int, rounds: int, quic
     # Shipped and ours run back to back in every round: the ratio within a round cancels the
     # load other processes put on the machine at that moment.
     paired = {
-        ours: [o["seconds"] / s["seconds"] for o, s in zip(results[ours], results["shipped"])]  # noqa: B905 - py39
-        for ours in ("ours-hook", "ours-flask")
+        name: [o["seconds"] / s["seconds"] for o, s in zip(results[name], results["shipped"])]  # noqa: B905 - py39
+        for name in ("shipped-again", "ours-hook", "ours-flask")
     }
+    # Shipped against itself: how far from 1.0 this run's figures stray with no difference.
+    control = median(paired["shipped-again"])
+    control_low, control_high = median_interval(paired["shipped-again"])
+    spread = sorted(r["seconds"] for r in results["shipped"])
 
     def count(name: str, kind: str) -> str:
         return f"{ran[name][kind]} of {len(results[name])}"
@@ -166,7 +177,8 @@ def judge(results: dict[str, list[dict[str, Any]]], size: int, rounds: int, quic
             Target(
                 f"{ours}: time / shipped (median of per-round ratios)",
                 f"{vs_shipped:.3f} (95% CI {low:.3f}-{high:.3f}; ratio of medians "
-                f"{time[ours] / time['shipped']:.3f})",
+                f"{time[ours] / time['shipped']:.3f}; A/A control {control:.3f}, "
+                f"{control_low:.3f}-{control_high:.3f})",
                 "<= 1.05",
                 vs_shipped <= 1.05,
             ),
@@ -210,15 +222,21 @@ def judge(results: dict[str, list[dict[str, Any]]], size: int, rounds: int, quic
         },
         notes=[
             f"{'quick: ' if quick else ''}{rounds} rounds after a warm-up round. Each round "
-            "downloads from shipped, ours-hook and ours-flask back to back in rotating order, "
-            "and every other round then from one of the slow variants (workaround and "
-            "closing-iterator take turns). "
+            "downloads from shipped, shipped-again, ours-hook and ours-flask back to back in "
+            "shuffled order, and every other round then from one of the slow variants "
+            "(workaround and closing-iterator take turns). "
             "time, worker CPU: medians over the rounds; 'vs shipped': ratio of the medians; "
             "the judged time / shipped is the median over the rounds of the ratio within the "
             "round. Worker CPU = CPU time of the gunicorn worker during the download. 'hook "
             "ran' is the middleware's own cleanup (ClosingIterator callback or add_cleanup). "
             "With sendfile() the worker's CPU time is the kernel's, pushing the file over "
-            "loopback."
+            "loopback.",
+            "",
+            f"Single downloads of shipped took from {spread[0]:.3f} s to {spread[-1]:.3f} s "
+            f"(median {median(spread):.3f} s), the worker's CPU time with them. shipped-again "
+            "is the same application at another path, measured like ours: its ratio to "
+            f"shipped, {control:.3f} (95% CI {control_low:.3f}-{control_high:.3f}), is what "
+            "this run reports when there is no difference to find.",
         ],
     )
 
