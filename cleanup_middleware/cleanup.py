@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from functools import partial
-from types import TracebackType
+from types import CodeType, GeneratorType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENVIRON_KEY",
-    "FAILURE_KEY",
     "RaisingResponseCleanup",
     "ResponseCleanup",
     "add_cleanup",
@@ -41,54 +42,54 @@ __all__ = [
 
 #: The environ key under which the middleware keeps the request's :class:`ResponseCleanup`.
 ENVIRON_KEY = "cleanup_middleware.cleanup"
-#: The environ key of an exception the request failed with although the application returned.
-FAILURE_KEY = "cleanup_middleware.failure"
 
 logger = logging.getLogger("cleanup_middleware")
 
 _T = TypeVar("_T")
 _ExitFunc = Callable[[type[BaseException] | None, BaseException | None, TracebackType | None], Any]
+# A registered hook: the user's function, a partial binding its arguments, or a _ContextExit.
+_Hook = Callable[[], object]
+
+# ResponseCleanup._hooks once close() took the last hook: appending to it fails, so registering
+# then is an error.
+_CLOSED: tuple[()] = ()
+# The request's failure when nothing is known about it: an abandoned response, closed by the
+# garbage collector in whatever code its thread was running.
+_UNKNOWN = BaseException("outcome unknown: the response was never closed")
+# Serialises the rare end of a race between registering and close() (see ResponseCleanup).
+_registry_lock = threading.Lock()
+# Without the GIL, close() takes the lock for its last look at the hooks (see ResponseCleanup).
+_GIL_DISABLED = not getattr(sys, "_is_gil_enabled", lambda: True)()
+
+# File wrapper classes whose instances refused a new ``close``; each is logged once.
+_unpatchable_types: set[type] = set()
 
 
 class _ContextExit:
     """A registered context manager's ``__exit__``: called at close with the request's failure.
 
-    The failure is one recorded in the environ (by :meth:`ResponseCleanup.record_failure`, or
-    by :meth:`ResponseCleanup.close` when the body's own ``close()`` raised), else the exception
-    the server is handling while it closes the body (an error while sending, a client that
-    went away). Looked up only here: plain hooks need no failure and pay nothing for it.
+    The failure is the one recorded on the request's :class:`ResponseCleanup` (the exception
+    that escaped the application or a view, or that the body's own ``close()`` raised), else the
+    exception the server is handling while it closes the body (an error while sending, a client
+    that went away). Looked up only here: plain hooks need no failure and pay nothing for it.
     """
 
-    __slots__ = ("environ", "exit")
+    __slots__ = ("cleanup", "exit")
 
-    def __init__(self, environ: WSGIEnvironment, exit_: _ExitFunc) -> None:
-        self.environ = environ
+    def __init__(self, cleanup: ResponseCleanup, exit_: _ExitFunc) -> None:
+        self.cleanup = cleanup
         self.exit = exit_
 
     def __call__(self) -> None:
-        failure = self.environ.get(FAILURE_KEY) or sys.exc_info()[1]
+        failure = self.cleanup.failure
+        if failure is None:
+            failure = sys.exc_info()[1]
+        elif failure is _UNKNOWN:
+            failure = None
         if failure is None:
             self.exit(None, None, None)
         else:
             self.exit(type(failure), failure, failure.__traceback__)
-
-    def __repr__(self) -> str:
-        return repr(self.exit)
-
-
-# A registered hook: the user's function, a partial binding its arguments, or a _ContextExit.
-_Hook = Callable[[], object]
-
-
-def _closed_marker() -> None:
-    """Never called: it marks a response whose close() finished (see ``_CLOSED``)."""
-
-
-# ResponseCleanup._first_hook once close() finished, so that registering then is an error.
-_CLOSED: _Hook = _closed_marker
-
-# File wrapper classes whose instances refused a new ``close``; each is logged once.
-_unpatchable_types: set[type] = set()
 
 
 class ResponseCleanup:
@@ -104,20 +105,26 @@ class ResponseCleanup:
     :meth:`close` closes the body first (so a file is closed before a hook deletes it), then runs
     the hooks last-registered-first, in the manner of :class:`contextlib.ExitStack`. Every hook
     runs even when the body's ``close()`` or another hook raises; hook failures are logged on the
-    ``cleanup_middleware`` logger with the request's method and path.
+    ``cleanup_middleware`` logger with the hook's name and the request's method and path.
+
+    Registering races ``close()`` safely, from any thread: a registration either runs or raises
+    ``RuntimeError``. A registrant appends to the list of hooks and then checks that the list is
+    still the response's; ``close()`` takes hooks until the list is empty, replaces it with
+    ``_CLOSED`` and looks once more. A registrant that finds the list replaced takes its hook
+    back under ``_registry_lock`` and raises, unless ``close()`` (holding the same lock for its
+    last look) already took it to run. With the GIL every step is atomic; without it (the
+    free-threaded build) list operations lock the list, and ``close()`` takes its last look
+    with such an operation, under the lock.
     """
 
     # Set by CleanupMiddleware, which builds the object without __init__ to keep each request
-    # cheap: _environ and the hooks at once, _body and _close_body when the application
-    # returned (or _close_body = None when it raised).
-    __slots__ = ("_body", "_close_body", "_environ", "_first_hook", "_later_hooks")
+    # cheap: _environ and _hooks at once, _body and _close_body when the application returned
+    # (or _close_body = None when it raised). _failure is set only when the request failed.
+    __slots__ = ("_body", "_close_body", "_environ", "_failure", "_hooks")
 
     _environ: WSGIEnvironment | None  # None from the moment close() starts: it runs once
-    # The hooks, held so that the usual request, with one hook or none, allocates no list: the
-    # first registered, then a list of the others, made when a second one comes. _first_hook
-    # is _CLOSED once close() finished: registering then is an error.
-    _first_hook: _Hook | None
-    _later_hooks: list[_Hook] | None
+    _hooks: list[_Hook] | tuple[()]  # _CLOSED once close() took the last hook
+    _failure: BaseException | None  # None again once closed
     _body: Iterable[bytes]  # the body this object iterates as, if any
     _close_body: Callable[[], object] | None  # the body's own close()
 
@@ -125,36 +132,47 @@ class ResponseCleanup:
     #: logging it. ``CleanupMiddleware(on_hook_error="raise")`` uses a subclass that sets it.
     raise_hook_errors: ClassVar[bool] = False
 
+    @property
+    def failure(self) -> BaseException | None:
+        """The exception this request failed with, once recorded; ``None`` until then."""
+        try:
+            return self._failure
+        except AttributeError:
+            return None
+
     def record_failure(self, exc: BaseException) -> None:
         """Note that the request failed although the application returned (an error page).
 
         Context managers entered with :func:`enter_context` are then told of ``exc`` at close
-        even when the server closes the body normally.
+        even when the server closes the body normally. The first failure recorded is kept. It
+        is kept here, not in the environ, so a middleware that copies the environ cannot lose it.
         """
-        if self._environ is not None:
-            self._environ.setdefault(FAILURE_KEY, exc)
+        failure = self.failure
+        if failure is None or failure is _UNKNOWN:
+            self._failure = exc
+
+    def _withdraw(self, hooks: list[_Hook], hook: _Hook, call: str) -> None:
+        """Take back ``hook``, appended to ``hooks`` as :meth:`close` replaced them, and raise.
+
+        Returns instead when :meth:`close` already took the hook, which then runs.
+        """
+        with _registry_lock:
+            # Compared by identity, from the end, where it was appended: two equal hooks of
+            # different registrants must not be confused.
+            for index in range(len(hooks) - 1, -1, -1):
+                if hooks[index] is hook:
+                    del hooks[index]
+                    raise _closed_error(call)
 
     def _register(self, hook: _Hook, call: str) -> None:
-        """Add ``hook`` to run at close; ``call`` names the public function, for the error.
-
-        Threads may register on one request at once. Between each test of a slot and the store
-        that follows it nothing allocates or calls out, so with the GIL no other thread runs in
-        between to have its hook overwritten (:func:`add_cleanup`'s own first-hook store too).
-        """
-        first_hook = self._first_hook
-        if first_hook is None:
-            self._first_hook = hook
-            return
-        if first_hook is _CLOSED:
-            raise _closed_error(call)
-        later_hooks = self._later_hooks
-        if later_hooks is None:
-            later_hooks = []  # made before the test below, which must not allocate
-            if self._later_hooks is None:
-                self._later_hooks = later_hooks
-            else:
-                later_hooks = self._later_hooks
-        later_hooks.append(hook)
+        """Add ``hook`` to run at close; ``call`` names the public function, for the error."""
+        hooks = self._hooks
+        try:
+            hooks.append(hook)  # type: ignore[union-attr]
+        except AttributeError:
+            raise _closed_error(call) from None
+        if self._hooks is not hooks:
+            self._withdraw(hooks, hook, call)  # type: ignore[arg-type]
 
     def adopt_file_body(self, body: Iterable[bytes], close_body: Callable[[], object]) -> bool:
         """Point the file body's ``close`` here, to run ``close_body`` and then the hooks.
@@ -202,25 +220,30 @@ class ResponseCleanup:
                 close_body()
             except BaseException as exc:
                 body_error = exc
-                environ.setdefault(FAILURE_KEY, exc)
-        # Last-registered-first: the later hooks from the end, then the first. Each is taken
-        # out before it runs, so hooks registered meanwhile (by a hook, say) run too.
-        while True:
-            later_hooks = self._later_hooks
-            if later_hooks:
-                hook = later_hooks.pop()
-            elif self._first_hook is not None:
-                hook = self._first_hook
-                self._first_hook = None
-            else:
+                self.record_failure(exc)
+        hooks: list[_Hook] = self._hooks  # type: ignore[assignment]
+        # Each hook is taken off the end before it runs, so hooks registered meanwhile (by a
+        # hook, say) run too, right after the one that registered them.
+        while hooks:
+            try:
+                hook = hooks.pop()
+            except IndexError:  # a second close() in another thread took the last one
                 break
             try:
                 hook()
             except BaseException as exc:
                 hook_error = _hook_failed(environ, hook, exc, hook_error)
-        # Closed: registering now is an error, and the body is no longer ours to hold.
-        self._first_hook = _CLOSED
+        # Closed: from here a registration fails or takes its hook back (see the class).
+        self._hooks = _CLOSED
+        if hooks or _GIL_DISABLED:
+            for hook in _take_late_hooks(hooks):
+                try:
+                    hook()
+                except BaseException as exc:
+                    hook_error = _hook_failed(environ, hook, exc, hook_error)
+        # Neither the body nor the failure (whose traceback holds the environ) is ours to hold.
         self._body = ()
+        self._failure = None
         if hook_error is not None or body_error is not None:
             self._raise_errors(hook_error, body_error)
 
@@ -240,19 +263,17 @@ class ResponseCleanup:
         # run when the garbage collector reclaims the request, whenever and in whatever thread
         # that happens.
         if self._environ is not None:
-            self._close_abandoned()
+            self._close_abandoned(self._environ)
 
-    def _close_abandoned(self) -> None:
-        environ = self._environ or {}
-        warnings.warn(
-            f"the response to {_describe(environ)} was never closed; its cleanup hooks ran only "
-            "when it was garbage-collected. The server or a middleware outside CleanupMiddleware "
-            "must call close() on the response body (PEP 3333)",
-            ResourceWarning,
-            source=self,
-            stacklevel=1,
-        )
-        self.close()
+    def _close_abandoned(self, environ: WSGIEnvironment) -> None:
+        # Whatever exception the collecting thread is handling belongs to other code.
+        if self.failure is None:
+            self._failure = _UNKNOWN
+        try:
+            self.close()
+        finally:
+            # Only now, after the hooks ran: a warning filter may turn the warning into an error.
+            _report_abandoned(environ)
 
 
 class RaisingResponseCleanup(ResponseCleanup):
@@ -262,19 +283,88 @@ class RaisingResponseCleanup(ResponseCleanup):
     raise_hook_errors = True
 
 
+def _take_late_hooks(hooks: list[_Hook]) -> list[_Hook]:
+    """Take, under the lock, the hooks appended to ``hooks`` as :meth:`close` replaced them."""
+    late: list[_Hook] = []
+    with _registry_lock:
+        # pop() until it fails, not a test of len(): pop locks the list on a free-threaded build.
+        while True:
+            try:
+                late.append(hooks.pop())
+            except IndexError:
+                return late
+
+
+# Printable characters pass; the rest (line breaks, other controls, separators) are escaped.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _printable(value: object, limit: int) -> str:
+    """``value``, taken from the request, made safe for one log line: escaped and bounded.
+
+    WSGI strings are bytes decoded as latin-1; UTF-8 is shown as such when the bytes are UTF-8.
+    """
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    with suppress(UnicodeError):
+        value = value.encode("latin-1").decode("utf-8")
+    text = value.translate(_ESCAPES)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    if len(text) > limit:
+        text = f"{text[:limit]}...({len(text) - limit} more)"
+    return text
+
+
 def _describe(environ: WSGIEnvironment) -> str:
-    """The request's method and path, for messages."""
-    return (
-        f"{environ.get('REQUEST_METHOD', '?')} "
-        f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"
-    )
+    """The request's method and path, for messages, escaped: never any other request data."""
+    script_name = environ.get("SCRIPT_NAME", "")
+    path = environ.get("PATH_INFO", "")
+    if isinstance(script_name, str) and isinstance(path, str):
+        path = script_name + path
+    return f"{_printable(environ.get('REQUEST_METHOD', '?'), 16)} {_printable(path, 200)}"
+
+
+def _hook_name(hook: object) -> str:
+    """What to call a hook in a message: ``module.qualname`` of the function, never a repr.
+
+    A repr may hold the hook's arguments (a config hook's is the environ, headers and all).
+    """
+    try:
+        if isinstance(hook, _ContextExit):
+            manager = getattr(hook.exit, "__self__", None)
+            generator = getattr(manager, "gen", None)
+            if isinstance(generator, GeneratorType):
+                # A @contextmanager, named by its function (which __enter__ forgot).
+                return _printable(f"{_module_of(generator.gi_code)}.{generator.__qualname__}", 200)
+            hook = type(manager)
+        while isinstance(hook, partial):
+            hook = hook.func
+        module = getattr(hook, "__module__", None)
+        qualname = getattr(hook, "__qualname__", None)
+        if not isinstance(qualname, str):
+            module, qualname = type(hook).__module__, type(hook).__qualname__
+    except Exception:
+        module, qualname = type(hook).__module__, type(hook).__qualname__
+    name = f"{module}.{qualname}" if isinstance(module, str) else qualname
+    return _printable(name, 200)
+
+
+def _module_of(code: CodeType) -> str:
+    """The name of the module whose file holds ``code``."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == code.co_filename:
+            return name
+    return code.co_filename
 
 
 def _hook_failed(
     environ: WSGIEnvironment, hook: _Hook, exc: BaseException, earlier: BaseException | None
 ) -> BaseException:
     """Log a hook's failure; return the error close() would raise after the others ran."""
-    logger.error("cleanup hook %r failed for %s", hook, _describe(environ), exc_info=exc)
+    logger.error(
+        "cleanup hook %s failed for %s", _hook_name(hook), _describe(environ), exc_info=exc
+    )
     if earlier is None:
         return exc
     # Like ExitStack: the last error carries the earlier ones as __context__ ...
@@ -282,6 +372,42 @@ def _hook_failed(
         exc.__context__ = earlier
     # ... except that a KeyboardInterrupt or SystemExit outranks ordinary errors.
     return exc if isinstance(earlier, Exception) else earlier
+
+
+#: At most one log line about abandoned responses per this many seconds, per process.
+ABANDONED_LOG_INTERVAL = 60.0
+_abandoned_lock = threading.RLock()  # re-entrant: a collection may start inside it
+_abandoned_unreported = 0
+_abandoned_logged_at: float | None = None
+
+
+def _report_abandoned(environ: WSGIEnvironment) -> None:
+    """Say that a response was never closed: a rate-limited WARNING and a ResourceWarning."""
+    global _abandoned_unreported, _abandoned_logged_at
+    description = _describe(environ)
+    with _abandoned_lock:
+        _abandoned_unreported += 1
+        now = time.monotonic()
+        due = _abandoned_logged_at is None or now - _abandoned_logged_at >= ABANDONED_LOG_INTERVAL
+        if due:
+            count, _abandoned_unreported, _abandoned_logged_at = _abandoned_unreported, 0, now
+    if due:
+        logger.warning(
+            "the response to %s was never closed; its cleanup hooks ran only when it was "
+            "garbage-collected (%d such response(s) since the last report; at most one report "
+            "every %g s). The server or a middleware outside CleanupMiddleware must call close() "
+            "on the response body (PEP 3333)",
+            description,
+            count,
+            ABANDONED_LOG_INTERVAL,
+        )
+    warnings.warn(
+        f"the response to {description} was never closed; its cleanup hooks ran only when it "
+        "was garbage-collected. The server or a middleware outside CleanupMiddleware must call "
+        "close() on the response body (PEP 3333)",
+        ResourceWarning,
+        stacklevel=2,
+    )
 
 
 def _log_unpatchable(body_type: type) -> None:
@@ -298,7 +424,8 @@ def _log_unpatchable(body_type: type) -> None:
 def _not_wrapped(environ: object, call: str) -> Exception:
     if not isinstance(environ, dict):
         return TypeError(
-            f"{call}() takes the WSGI environ dict as its first argument, got {environ!r}"
+            f"{call}() takes the WSGI environ dict as its first argument, "
+            f"got a {type(environ).__name__} object"
         )
     return RuntimeError(
         f"{call}() needs an environ that passed through CleanupMiddleware, and this one did not; "
@@ -336,15 +463,18 @@ def add_cleanup(
         raise _not_wrapped(environ, "add_cleanup") from None
     if not callable(fn):
         raise TypeError(
-            f"add_cleanup() needs a callable to run at close, got {fn!r} "
-            f"({type(fn).__name__}); pass the function itself, not its result"
+            f"add_cleanup() needs a callable to run at close, got a {type(fn).__name__} "
+            "object; pass the function itself, not its result"
         )
     hook = partial(fn, *args, **kwargs) if args or kwargs else fn
-    # The request's first hook is stored right here: the common case, kept one call deep.
-    if cleanup._first_hook is None:
-        cleanup._first_hook = hook
-    else:
-        cleanup._register(hook, "add_cleanup")
+    # ResponseCleanup._register, inlined: the common case, kept one call deep.
+    hooks = cleanup._hooks
+    try:
+        hooks.append(hook)  # type: ignore[union-attr]
+    except AttributeError:
+        raise _closed_error("add_cleanup") from None
+    if cleanup._hooks is not hooks:
+        cleanup._withdraw(hooks, hook, "add_cleanup")  # type: ignore[arg-type]
 
 
 def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _T:
@@ -354,7 +484,9 @@ def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _
     Its ``__exit__`` is called with the exception the request failed with: one the application
     raised, or the one the server was handling when it closed the body (an error while sending,
     a client that went away); with ``(None, None, None)`` otherwise. Its return value is
-    ignored: by then there is nothing left to suppress.
+    ignored: by then there is nothing left to suppress. If the response closes (in another
+    thread) before ``cm`` is registered, ``cm`` is exited at once with the ``RuntimeError``
+    that is then raised.
 
     :raises RuntimeError: as :func:`add_cleanup`.
     :raises TypeError: ``cm`` is not a context manager.
@@ -376,8 +508,14 @@ def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _
             f"enter_context() needs a context manager, got a {cls.__module__}.{cls.__qualname__} "
             "object without __enter__/__exit__"
         ) from None
-    if cleanup._first_hook is _CLOSED:
+    if cleanup._hooks is _CLOSED:
         raise _closed_error("enter_context")
     result: _T = enter(cm)
-    cleanup._register(_ContextExit(environ, exit_.__get__(cm, cls)), "enter_context")
+    bound_exit: _ExitFunc = exit_.__get__(cm, cls)
+    try:
+        cleanup._register(_ContextExit(cleanup, bound_exit), "enter_context")
+    except RuntimeError as exc:
+        # Closed meanwhile: exit now, as ExitStack exits what it entered when an error follows.
+        bound_exit(type(exc), exc, exc.__traceback__)
+        raise
     return result

@@ -4,11 +4,13 @@
 :class:`~cleanup_middleware.response.CleanupResponseMixin` into ``app.response_class`` (so
 ``send_file`` responses keep their ``call_on_close`` callbacks and their ``sendfile()``), and
 tells context managers entered with :func:`~cleanup_middleware.enter_context` about an
-exception that Flask turned into an error page.
+exception that escaped a view, also when an error handler or Flask turned it into a response.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, got_request_exception, request
@@ -46,11 +48,35 @@ def init_app(app: Flask, **options: Any) -> Flask:
         app.response_class = type(base.__name__, (CleanupResponseMixin, base), {})
     if not isinstance(app.wsgi_app, CleanupMiddleware):
         app.wsgi_app = CleanupMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
+    if not hasattr(app.handle_user_exception, "records_failures"):
+        app.handle_user_exception = _recording_failures(  # type: ignore[method-assign,assignment]
+            app.handle_user_exception
+        )
+    # Errors outside the view (after_request functions, say) reach Flask's handle_exception.
     got_request_exception.connect(_record_failure, app)
     return app
 
 
-def _record_failure(sender: Flask, exception: BaseException, **extra: Any) -> None:
+def _recording_failures(
+    handle_user_exception: Callable[[Exception], Any],
+) -> Callable[[Exception], Any]:
+    """Wrap ``Flask.handle_user_exception``, which every exception escaping a view passes.
+
+    An error handler may turn the exception into a response; the request failed all the same,
+    as Django's ``ATOMIC_REQUESTS`` counts it. Raised ``HTTPException`` errors (``abort(404)``)
+    count too: they were raised, not returned.
+    """
+
+    @functools.wraps(handle_user_exception)
+    def handle_and_record(exception: Exception) -> Any:
+        _record_failure(None, exception)
+        return handle_user_exception(exception)
+
+    handle_and_record.records_failures = True  # type: ignore[attr-defined]
+    return handle_and_record
+
+
+def _record_failure(sender: object, exception: BaseException, **extra: Any) -> None:
     # Flask answers with an error page instead of raising, so the middleware would not learn
     # that the request failed.
     cleanup: ResponseCleanup | None = request.environ.get(ENVIRON_KEY)

@@ -97,16 +97,16 @@ class CleanupMiddleware:
         # Built without __init__ and filled in here: this is the per-request cost of the library.
         cleanup = environ[ENVIRON_KEY] = self._cleanup_class()
         cleanup._environ = environ
-        cleanup._first_hook = None
-        cleanup._later_hooks = None
+        cleanup._hooks = []
         try:
             if self._hooks:
                 register(self._hooks, environ)
             body = self.app(environ, start_response)
-        except BaseException:
-            # close() tells the hooks of the exception being handled and logs their failures;
-            # the application's exception is what the server must see, unless a hook raised
+        except BaseException as exc:
+            # close() tells the hooks of the exception and logs their failures; the
+            # application's exception is what the server must see, unless a hook raised
             # KeyboardInterrupt or SystemExit, which outrank it.
+            cleanup.record_failure(exc)
             cleanup._close_body = None
             with suppress(Exception):
                 cleanup.close()
