@@ -4,6 +4,8 @@ SECRET_KEY = "cleanup-middleware example: not a secret"  # an example, never dep
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 ROOT_URLCONF = "django_download.urls"
+# What `manage.py runserver` serves: the wrapped application of wsgi.py.
+WSGI_APPLICATION = "django_download.wsgi.application"
 INSTALLED_APPS: list[str] = []
 MIDDLEWARE: list[str] = []
 DATABASES: dict[str, dict[str, str]] = {}
