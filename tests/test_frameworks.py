@@ -23,14 +23,17 @@ answered the previous one is finished: a second run of a hook would be in the re
 from __future__ import annotations
 
 import http.client
+import importlib.metadata
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from wsgiref.util import FileWrapper, setup_testing_defaults
 
 import pytest
 from serverkit import (
@@ -43,6 +46,8 @@ from serverkit import (
     wait_for_records,
     write_sendfile_probe_config,
 )
+
+from cleanup_middleware import CleanupMiddleware, add_cleanup
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # examples/reports.py: what every report holds.
@@ -240,3 +245,202 @@ def test_import_loads_no_framework() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------
+# How our hooks relate to each framework's own, as docs/frameworks.md says: in-process, with
+# wsgiref's file wrapper standing in for the server's, and a list of what happened in order.
+
+
+def serve(app: Any, path: str, events: list[str], method: str = "GET", read: bool = True) -> Any:
+    """Call ``app`` as a server would: take the body, send it (unless not ``read``), close it."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "wsgi.file_wrapper": FileWrapper,
+    }
+    setup_testing_defaults(environ)
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    events.append(f"server has the body ({type(body).__name__})")
+    if read:
+        for _ in body:
+            pass
+        events.append("server sent the body")
+    if hasattr(body, "close"):  # as PEP 3333 asks of a server
+        body.close()
+    events.append("server closed the body")
+    return body
+
+
+@pytest.fixture
+def report(tmp_path: Path) -> str:
+    path = tmp_path / "report.txt"
+    path.write_bytes(report_bytes(1000))
+    return str(path)
+
+
+def test_flask_teardown_runs_before_the_body_is_sent(report: str) -> None:
+    flask = pytest.importorskip("flask")
+    import cleanup_middleware.flask
+
+    events: list[str] = []
+    app = flask.Flask(__name__)
+    cleanup_middleware.flask.init_app(app)
+    app.teardown_request(lambda exc: events.append("teardown_request"))
+
+    @app.get("/file")
+    def file() -> Any:
+        add_cleanup(flask.request.environ, events.append, "our hook")
+        return flask.send_file(report)
+
+    @app.get("/stream")
+    def stream() -> Any:
+        add_cleanup(flask.request.environ, events.append, "our hook")
+        return flask.Response(flask.stream_with_context(iter([b"a", b"b"])))
+
+    serve(app, "/file", events)
+    assert events == [
+        "teardown_request",
+        "server has the body (FileWrapper)",
+        "server sent the body",
+        "our hook",
+        "server closed the body",
+    ]
+    # With stream_with_context, when teardown_request runs depends on the Flask version: 3.1
+    # runs it at the view's return and again when the generator is exhausted (not when the body
+    # is closed before its first chunk), 2.3 only when the generator ends. Our hook runs once,
+    # after the body, either way.
+    has, sent, hook, closed = (
+        "server has the body (ResponseCleanup)",
+        "server sent the body",
+        "our hook",
+        "server closed the body",
+    )
+    for read, flask_3_1, flask_2_3 in [
+        (
+            True,
+            ["teardown_request", has, "teardown_request", sent, hook, closed],
+            [has, "teardown_request", sent, hook, closed],
+        ),
+        (
+            False,
+            ["teardown_request", has, hook, closed],
+            [has, "teardown_request", hook, closed],
+        ),
+    ]:
+        events.clear()
+        serve(app, "/stream", events, read=read)
+        assert events in (flask_3_1, flask_2_3), (
+            f"Flask {importlib.metadata.version('flask')}: update docs/frameworks.md"
+        )
+
+
+def test_django_request_finished_runs_before_our_hooks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytest.importorskip("django")
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "django_download.settings")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the example's report goes
+    from django.core.signals import request_finished
+    from django_download.wsgi import application  # the example, unchanged
+
+    events: list[str] = []
+
+    def finished(**kwargs: Any) -> None:
+        [path] = tmp_path.glob("report-*")
+        events.append(f"request_finished (the file is {'there' if path.exists() else 'gone'})")
+
+    request_finished.connect(finished)
+    try:
+        serve(application, "/download", events)
+    finally:
+        request_finished.disconnect(finished)
+    assert events == [
+        "server has the body (FileWrapper)",
+        "server sent the body",
+        "request_finished (the file is there)",
+        "server closed the body",
+    ]
+    assert list(tmp_path.glob("report-*")) == []
+
+
+def test_pyramid_finished_callbacks_run_before_the_body_is_sent(report: str) -> None:
+    pytest.importorskip("pyramid")
+    from pyramid.config import Configurator
+    from pyramid.response import FileResponse
+
+    events: list[str] = []
+
+    def with_request(request: Any) -> Any:
+        request.add_finished_callback(lambda request: events.append("finished callback"))
+        request.add_cleanup(events.append, "our hook")
+        return FileResponse(report, request=request)
+
+    with Configurator() as config:
+        config.include("cleanup_middleware.pyramid")
+        config.add_route("with", "/with")
+        config.add_view(with_request, route_name="with")
+        config.add_route("without", "/without")
+        config.add_view(lambda request: FileResponse(report), route_name="without")
+        app = CleanupMiddleware(config.make_wsgi_app())
+
+    serve(app, "/with", events)
+    assert events == [
+        "finished callback",
+        "server has the body (FileWrapper)",
+        "server sent the body",
+        "our hook",
+        "server closed the body",
+    ]
+    events.clear()
+    # Without request=, FileResponse iterates the file itself: no file wrapper for the server.
+    serve(app, "/without", events)
+    assert events[0] == "server has the body (ResponseCleanup)"
+
+
+def test_falcon_drops_an_unclosed_stream_on_head(report: str) -> None:
+    falcon = pytest.importorskip("falcon")
+    opened = []
+
+    class Download:
+        def on_get(self, req: Any, resp: Any) -> None:
+            resp.stream = open(report, "rb")
+            opened.append(resp.stream)
+
+        on_head = on_get
+
+    app = falcon.App()
+    app.add_route("/", Download())
+    events: list[str] = []
+    try:
+        serve(app, "/", events, method="HEAD")
+        assert events[0] == "server has the body (list)"
+        assert not opened[0].closed, "Falcon now closes resp.stream on HEAD: update the docs"
+        serve(app, "/", events, method="GET")
+        assert opened[1].closed
+    finally:
+        for f in opened:
+            f.close()
+
+
+def test_bottle_after_request_runs_before_the_body_is_sent(report: str) -> None:
+    bottle = pytest.importorskip("bottle")
+    events: list[str] = []
+    app = bottle.Bottle()
+    app.add_hook("after_request", lambda: events.append("after_request"))
+
+    @app.get("/")
+    def download() -> Any:
+        add_cleanup(bottle.request.environ, events.append, "our hook")
+        directory, name = os.path.split(report)
+        return bottle.static_file(name, root=directory)
+
+    serve(CleanupMiddleware(app), "/", events)
+    assert events == [
+        "after_request",
+        "server has the body (FileWrapper)",
+        "server sent the body",
+        "our hook",
+        "server closed the body",
+    ]
