@@ -124,7 +124,7 @@ class ResponseCleanup:
 
     _environ: WSGIEnvironment | None  # None from the moment close() starts: it runs once
     _hooks: list[_Hook] | tuple[()]  # _CLOSED once close() took the last hook
-    _failure: BaseException | None  # None again once closed
+    _failure: BaseException
     _body: Iterable[bytes]  # the body this object iterates as, if any
     _close_body: Callable[[], object] | None  # the body's own close()
 
@@ -241,9 +241,8 @@ class ResponseCleanup:
                     hook()
                 except BaseException as exc:
                     hook_error = _hook_failed(environ, hook, exc, hook_error)
-        # Neither the body nor the failure (whose traceback holds the environ) is ours to hold.
+        # The body is no longer ours to hold.
         self._body = ()
-        self._failure = None
         if hook_error is not None or body_error is not None:
             self._raise_errors(hook_error, body_error)
 

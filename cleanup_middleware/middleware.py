@@ -102,11 +102,10 @@ class CleanupMiddleware:
             if self._hooks:
                 register(self._hooks, environ)
             body = self.app(environ, start_response)
-        except BaseException as exc:
-            # close() tells the hooks of the exception and logs their failures; the
-            # application's exception is what the server must see, unless a hook raised
+        except BaseException:
+            # close() tells the hooks of the exception being handled and logs their failures;
+            # the application's exception is what the server must see, unless a hook raised
             # KeyboardInterrupt or SystemExit, which outrank it.
-            cleanup.record_failure(exc)
             cleanup._close_body = None
             with suppress(Exception):
                 cleanup.close()
