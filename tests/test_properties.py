@@ -9,6 +9,8 @@ after iteration, where something raises, how far the server reads, how often it 
 * hooks run last-registered-first (a hook registered by a hook runs right after it);
 * the body's own ``close()`` runs once, before any hook;
 * a registration after close is refused with ``RuntimeError``, never silently dropped;
+* a registration racing ``close()`` (landing where close() finds no hooks left, or with
+  close() running right before or after its append) either runs once or raises;
 * what ``close()`` raises: a hook's ``KeyboardInterrupt``/``SystemExit`` after every hook ran,
   else the body's ``close()`` error; an ordinary hook error is only logged.
 """
@@ -30,6 +32,7 @@ from apps.fault_inproc import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_hardening import Interleaving
 
 from cleanup_middleware import ENVIRON_KEY, CleanupMiddleware, ResponseCleanup, add_cleanup
 
@@ -37,6 +40,7 @@ from cleanup_middleware import ENVIRON_KEY, CleanupMiddleware, ResponseCleanup, 
 # Response.close does when it closes a file wrapper whose close is the middleware's).
 ACTIONS = ("ok", "ok", "ok", "error", "interrupt", "exit", "register", "reclose")
 BODY_KINDS = ("list", "generator", "iterable", "file")
+RACES = ("close sees no hooks", "before append", "after append")
 
 
 class AppError(Exception):
@@ -65,6 +69,7 @@ class Scenario:
     after: list[str]  # registered after iteration stopped, before close
     closes: int
     late: int  # registrations attempted after the first close
+    race: str | None  # where a registration meets the first close (see Interleaving)
 
 
 @st.composite
@@ -95,6 +100,7 @@ def scenarios(draw: Any) -> Scenario:
         after=draw(st.lists(actions, max_size=2)),
         closes=draw(st.integers(0, 3)),
         late=draw(st.integers(0, 1)),
+        race=draw(st.none() | st.sampled_from(RACES)),
     )
 
 
@@ -205,6 +211,48 @@ def expected_raise(registered: list[tuple[int, str]], sc: Scenario) -> type[Base
     return None
 
 
+def race_first_close(race: str, environ: dict[str, Any], body: Any) -> list[Any]:
+    """Close the response once with a registration at the point ``race`` names.
+
+    Returns what that close() raised, as ``[type or None]``; checks the registration either
+    ran once or was refused.
+    """
+    race_ran: list[str] = []
+    first_close: list[type[BaseException] | None] = []
+
+    def close_once() -> None:
+        try:
+            body.close()
+        except BaseException as exc:
+            first_close.append(type(exc))
+        else:
+            first_close.append(None)
+
+    def register_racing() -> str:
+        try:
+            add_cleanup(environ, race_ran.append, "race")
+        except RuntimeError:
+            return "refused"
+        return "registered"
+
+    cleanup = environ[ENVIRON_KEY]
+    outcomes: list[str] = []
+    if race == "close sees no hooks":
+        hooks = Interleaving(race, lambda: outcomes.append(register_racing()))
+    else:
+        hooks = Interleaving(race, close_once)
+    hooks.extend(cleanup._hooks)
+    cleanup._hooks = hooks
+    if race == "close sees no hooks":
+        close_once()
+    else:
+        outcomes.append(register_racing())
+    # Refused only when close() finished before the append; run once otherwise.
+    assert outcomes == ["refused" if race == "before append" else "registered"]
+    assert race_ran == (["race"] if outcomes == ["registered"] else [])
+    return first_close
+
+
 @settings(
     max_examples=400,
     deadline=None,
@@ -258,15 +306,23 @@ def check_scenario(sc: Scenario) -> None:
 
     accepted_before_close = list(run.registered)
 
+    # --- a registration from another thread meets the first close
+    first_close: list[type[BaseException] | None] = []
+    if sc.race and body is not None and sc.closes:
+        first_close = race_first_close(sc.race, environ, body)
+
     # --- the server calls close() 0 to 3 times
     if body is not None:
         for n in range(sc.closes):
-            try:
-                body.close()
-            except BaseException as exc:
-                raised: type[BaseException] | None = type(exc)
+            if n == 0 and first_close:
+                raised: type[BaseException] | None = first_close[0]
             else:
-                raised = None
+                try:
+                    body.close()
+                except BaseException as exc:
+                    raised = type(exc)
+                else:
+                    raised = None
             if n == 0:
                 assert raised is expected_raise(accepted_before_close, sc)
             else:
