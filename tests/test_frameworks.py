@@ -30,6 +30,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -397,6 +398,50 @@ def test_pyramid_finished_callbacks_run_before_the_body_is_sent(report: str) -> 
     # Without request=, FileResponse iterates the file itself: no file wrapper for the server.
     serve(app, "/without", events)
     assert events[0] == "server has the body (ResponseCleanup)"
+
+
+def test_pyramid_request_methods() -> None:
+    pytest.importorskip("pyramid")
+    from pyramid.config import Configurator
+    from pyramid.response import Response
+
+    events: list[str] = []
+
+    @contextmanager
+    def held() -> Iterator[str]:
+        events.append("entered")
+        try:
+            yield "resource"
+        except BaseException as exc:
+            events.append(f"exited with {type(exc).__name__}")
+            raise
+        events.append("exited")
+
+    def view(request: Any) -> Any:
+        request.add_cleanup(events.append, "our hook")
+        events.append(f"view got {request.enter_context(held())}")
+        if request.path == "/fail":
+            raise ValueError("the view failed")
+        return Response(b"ok")
+
+    with Configurator() as config:
+        config.include("cleanup_middleware.pyramid")
+        config.add_route("ok", "/ok")
+        config.add_route("fail", "/fail")
+        config.add_view(view, route_name="ok")
+        config.add_view(view, route_name="fail")
+        bare = config.make_wsgi_app()
+
+    serve(CleanupMiddleware(bare), "/ok", events)
+    assert events[:2] == ["entered", "view got resource"]
+    assert events[-3:] == ["exited", "our hook", "server closed the body"]
+    events.clear()
+    with pytest.raises(ValueError, match="the view failed"):
+        serve(CleanupMiddleware(bare), "/fail", events)
+    assert events == ["entered", "view got resource", "exited with ValueError", "our hook"]
+    # Not wrapped: the request methods say so rather than drop the hook.
+    with pytest.raises(RuntimeError, match=r"wrap the WSGI application"):
+        serve(bare, "/ok", events)
 
 
 def test_falcon_drops_an_unclosed_stream_on_head(report: str) -> None:
