@@ -110,7 +110,7 @@ class ResponseCleanup:
     # Set by CleanupMiddleware, which builds the object without __init__ to keep each request
     # cheap: _environ and the hooks at once, _body and _close_body when the application
     # returned (or _close_body = None when it raised).
-    __slots__ = ("_body", "_close_body", "_environ", "_first_hook", "_later_hooks")
+    __slots__ = ("_body", "_close_body", "_deferred", "_environ", "_first_hook", "_later_hooks")
 
     _environ: WSGIEnvironment | None  # None from the moment close() starts: it runs once
     # The hooks, held so that the usual request, with one hook or none, allocates no list: the
@@ -120,6 +120,7 @@ class ResponseCleanup:
     _later_hooks: list[_Hook] | None
     _body: Iterable[bytes]  # the body this object iterates as, if any
     _close_body: Callable[[], object] | None  # the body's own close()
+    _deferred: list[_Hook] | None  # defer()'s functions, made on the first; None until then
 
     #: After every hook ran, raise a hook's exception from :meth:`close` instead of only
     #: logging it. ``CleanupMiddleware(on_hook_error="raise")`` uses a subclass that sets it.
@@ -155,6 +156,19 @@ class ResponseCleanup:
             else:
                 later_hooks = self._later_hooks
         later_hooks.append(hook)
+
+    def _defer(self, work: Callable[[], object]) -> None:
+        """Keep ``work`` for :func:`~cleanup_middleware.defer`: handed off once close() ran."""
+        if self._first_hook is _CLOSED:
+            raise _closed_error("defer")
+        deferred = self._deferred
+        if deferred is None:
+            deferred = []  # made before the test, which must not allocate (see _register)
+            if self._deferred is None:
+                self._deferred = deferred
+            else:
+                deferred = self._deferred
+        deferred.append(work)
 
     def adopt_file_body(self, body: Iterable[bytes], close_body: Callable[[], object]) -> bool:
         """Point the file body's ``close`` here, to run ``close_body`` and then the hooks.
@@ -218,6 +232,14 @@ class ResponseCleanup:
                 hook()
             except BaseException as exc:
                 hook_error = _hook_failed(environ, hook, exc, hook_error)
+        deferred = self._deferred
+        if deferred is not None:
+            # Imported here: deferred.py imports this module, and requests without defer()
+            # never get here.
+            from .deferred import hand_off
+
+            self._deferred = None
+            hand_off(self, deferred, environ)
         # Closed: registering now is an error, and the body is no longer ours to hold.
         self._first_hook = _CLOSED
         self._body = ()

@@ -4,7 +4,8 @@
 :class:`~cleanup_middleware.response.CleanupResponseMixin` into ``app.response_class`` (so
 ``send_file`` responses keep their ``call_on_close`` callbacks and their ``sendfile()``), and
 tells context managers entered with :func:`~cleanup_middleware.enter_context` about an
-exception that Flask turned into an error page.
+exception that Flask turned into an error page. :func:`defer` hands slow work to an executor
+once the response is closed, from a view (``response.call_on_close`` stays synchronous).
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, got_request_exception, request
 
 from .cleanup import ENVIRON_KEY
+from .deferred import defer as defer_for_environ
 from .middleware import CleanupMiddleware
 from .response import CleanupResponseMixin
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .cleanup import ResponseCleanup
 
-__all__ = ["init_app"]
+__all__ = ["defer", "init_app"]
 
 
 def init_app(app: Flask, **options: Any) -> Flask:
@@ -48,6 +52,22 @@ def init_app(app: Flask, **options: Any) -> Flask:
         app.wsgi_app = CleanupMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
     got_request_exception.connect(_record_failure, app)
     return app
+
+
+def defer(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+    """Run ``fn(*args, **kwargs)`` in the executor once the current request's response closed.
+
+    :func:`cleanup_middleware.defer` for the Flask request being handled (the app must be set
+    up with :func:`init_app`); the executor is ``init_app(app, executor=...)``'s.
+
+    Example::
+
+        @app.post("/orders")
+        def order():
+            cleanup_middleware.flask.defer(send_receipt, request.form["email"])
+            return "ordered"
+    """
+    defer_for_environ(request.environ, fn, *args, **kwargs)
 
 
 def _record_failure(sender: Flask, exception: BaseException, **extra: Any) -> None:
