@@ -174,7 +174,9 @@ class DeferredPool(Executor):
 
     def _start_empty(self) -> None:
         """No threads, nothing queued: a new pool, or this one in a forked child."""
-        self._condition = threading.Condition(threading.Lock())
+        # Re-entrant: a garbage collection while this thread holds it may finalize an unclosed
+        # response, whose close() hands its deferred work to this very pool.
+        self._condition = threading.Condition(threading.RLock())
         self._queue: deque[_Work] = deque()
         self._running: dict[int, _Work] = {}  # by thread id: what each thread runs now
         self._threads = 0
@@ -182,7 +184,7 @@ class DeferredPool(Executor):
         self._refused_since_warning = 0
         self._last_full_warning = -_FULL_WARNING_INTERVAL
 
-    def put(self, work: _Work) -> bool:
+    def _put(self, work: _Work) -> bool:
         """Queue ``work``; false when the queue is full (the caller then runs it).
 
         :raises RuntimeError: the pool was shut down.
@@ -207,23 +209,22 @@ class DeferredPool(Executor):
         """Run ``fn(*args, **kwargs)`` in the pool; in the caller's thread if the queue is full."""
         future: Future[_T] = Future()
         work = _FutureCall(partial(fn, *args, **kwargs), future)
-        if not self.put(work):
+        if not self._put(work):
             work()
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new work; with ``wait``, return once the accepted work finished.
 
-        With ``cancel_futures``, work not yet started is dropped (its futures cancelled, and
-        work from :func:`defer` never runs): meant for tests, not for a graceful stop.
+        With ``cancel_futures``, :meth:`submit` calls not yet started are cancelled; functions
+        from :func:`defer` still run, since nobody holds a future to learn that they did not.
         """
         with self._condition:
             self._shut_down = True
             if cancel_futures:
-                while self._queue:
-                    work = self._queue.popleft()
+                for work in self._queue:
                     if isinstance(work, _FutureCall):
-                        work.future.cancel()
+                        work.future.cancel()  # its turn then does nothing
             self._condition.notify_all()
             while wait and (self._queue or self._running):
                 self._condition.wait()
@@ -289,7 +290,7 @@ class DeferredPool(Executor):
 
 
 _default_pool: DeferredPool | None = None
-_default_pool_lock = threading.Lock()
+_default_pool_lock = threading.RLock()  # re-entrant for the reason the pools' locks are
 
 
 def default_executor() -> DeferredPool:
@@ -308,7 +309,7 @@ def _reset_after_fork() -> None:
     # Locks held by another thread at the fork would stay held forever in the child, and the
     # parent's threads do not exist here: every pool starts over, empty.
     global _default_pool_lock
-    _default_pool_lock = threading.Lock()
+    _default_pool_lock = threading.RLock()
     for pool in list(_pools):
         pool._start_empty()
 
@@ -370,7 +371,7 @@ def hand_off(
         work = _DeferredCall(fn, request)
         try:
             if isinstance(executor, DeferredPool):
-                if not executor.put(work):
+                if not executor._put(work):
                     executor._warn_full(work)
                     work()
                 continue
