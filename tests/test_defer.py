@@ -526,6 +526,17 @@ def test_sigterm_waits_for_work_accepted_just_before(name: str, tmp_path: Path) 
     assert "abandoned" not in server.log()
 
 
+def test_a_pool_used_in_the_master_works_in_preloaded_workers(tmp_path: Path) -> None:
+    token = f"preload-{uuid.uuid4().hex[:8]}"
+    app = "defer_app:preloaded()"
+    with gunicorn("gunicorn-sync", tmp_path, "preload_app = True\n", app) as (server, records):
+        release(records, token)
+        pid = defer_request(server, token)
+        wait_for_records(records, lambda rs: "deferred-done" in events_of(records, token))
+    assert pid != server.process.pid
+    assert [r["pid"] for r in read_records(records) if r["event"] == "deferred-done"] == [pid]
+
+
 def test_work_still_running_at_the_limit_is_logged_by_name_and_count(tmp_path: Path) -> None:
     tokens = [f"stuck-{uuid.uuid4().hex[:8]}" for _ in range(3)]
     with gunicorn("gunicorn-sync", tmp_path) as (server, records):

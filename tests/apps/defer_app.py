@@ -4,7 +4,8 @@
 until the test creates the file ``go-T`` in ``$CLEANUP_RECORD_DIR``, and records
 ``deferred-done``; so the test decides when the work finishes, after it stopped the server.
 Every response body is the worker's pid. ``application`` uses one thread, so that a second
-deferred function waits in the queue; ``default_pool_app`` uses the default pool.
+deferred function waits in the queue; ``default_pool_app`` uses the default pool;
+``preloaded()`` is for ``--preload``: its pool has a thread in the master before the fork.
 """
 
 from __future__ import annotations
@@ -53,3 +54,10 @@ def _app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 application = CleanupMiddleware(_app, executor=DeferredPool(max_workers=1))
 default_pool_app = CleanupMiddleware(_app)
+
+
+def preloaded() -> CleanupMiddleware:
+    """An app factory for gunicorn ``--preload``: the pool's thread starts in the master."""
+    pool = DeferredPool(max_workers=1)
+    pool.submit(os.getpid).result(WAIT_LIMIT)
+    return CleanupMiddleware(_app, executor=pool)
