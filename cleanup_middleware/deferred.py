@@ -169,6 +169,7 @@ class DeferredPool(Executor):
         self.max_queued = max_queued
         self.name = name
         self._shut_down = False
+        self._drained = False  # by drain(): the exit net leaves it alone then
         self._start_empty()
         _pools.add(self)
 
@@ -232,7 +233,7 @@ class DeferredPool(Executor):
     def _drain(self, deadline: float) -> None:
         """Shut down, and wait until ``deadline`` (monotonic) for the accepted work."""
         with self._condition:
-            self._shut_down = True
+            self._shut_down = self._drained = True
             self._condition.notify_all()
             while self._queue or self._running:
                 remaining = deadline - time.monotonic()
@@ -346,17 +347,32 @@ def defer(environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwa
     cleanup._defer(partial(fn, *args, **kwargs) if args or kwargs else fn)
 
 
-def deferring(fn: Callable[[WSGIEnvironment], object]) -> Callable[[WSGIEnvironment], None]:
-    """A config hook declared ``defer = true``: run at close, it defers ``fn(environ)``.
+class _DeferredHook:
+    """A config hook declared ``defer = true``: called at close, it defers ``fn(environ)``.
 
     Deferred from the hook loop of ``close()``, it is handed off with the request's other
-    deferred functions once every hook ran.
+    deferred functions once every hook ran. Equal for equal functions, so that nested
+    middleware with the same config register it once.
     """
-    return partial(_defer_with_environ, fn)
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[WSGIEnvironment], object]) -> None:
+        self.fn = fn
+
+    def __call__(self, environ: WSGIEnvironment) -> None:
+        defer(environ, self.fn, environ)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _DeferredHook) and other.fn == self.fn
+
+    def __hash__(self) -> int:
+        return hash(self.fn)
 
 
-def _defer_with_environ(fn: Callable[[WSGIEnvironment], object], environ: WSGIEnvironment) -> None:
-    defer(environ, fn, environ)
+def deferring(fn: Callable[[WSGIEnvironment], object]) -> Callable[[WSGIEnvironment], None]:
+    """``fn`` as a config hook declared ``defer = true`` (see :class:`_DeferredHook`)."""
+    return _DeferredHook(fn)
 
 
 def hand_off(
@@ -397,8 +413,11 @@ def drain(timeout: float) -> int:
     functions were abandoned. An executor given as ``executor=`` that is not a
     :class:`DeferredPool` is left to its own shutdown rules.
     """
+    return _drain_pools(list(_pools), timeout)
+
+
+def _drain_pools(pools: list[DeferredPool], timeout: float) -> int:
     deadline = time.monotonic() + timeout
-    pools = list(_pools)
     pending = sum(len(pool._left()) for pool in pools)
     if pending:
         logger.info("waiting up to %.1f s for %d deferred functions", timeout, pending)
@@ -439,8 +458,10 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 @atexit.register
 def _drain_at_exit() -> None:
-    if any(pool._left() for pool in list(_pools)):
-        drain(EXIT_DRAIN_TIMEOUT)
+    # Pools that drain() saw already had their wait (gunicorn's worker_exit, say).
+    pools = [pool for pool in list(_pools) if not pool._drained]
+    if any(pool._left() for pool in pools):
+        _drain_pools(pools, EXIT_DRAIN_TIMEOUT)
 
 
 def _log_failure(work: _Work, exc: BaseException) -> None:
