@@ -199,9 +199,16 @@ class DeferredPool(Executor):
             self._queue.append(work)
             if len(self._queue) > self._idle and self._threads < self.max_workers:
                 self._threads += 1
-                threading.Thread(
+                thread = threading.Thread(
                     target=self._work, name=f"{self.name}-{self._threads}", daemon=True
-                ).start()
+                )
+                try:
+                    thread.start()
+                except RuntimeError:
+                    # No thread (at interpreter shutdown, or none left): the caller runs it.
+                    self._threads -= 1
+                    self._queue.remove(work)
+                    raise
             else:
                 self._condition.notify()
         return True
