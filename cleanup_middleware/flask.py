@@ -4,8 +4,7 @@
 :class:`~cleanup_middleware.response.CleanupResponseMixin` into ``app.response_class`` (so
 ``send_file`` responses keep their ``call_on_close`` callbacks and their ``sendfile()``), and
 tells context managers entered with :func:`~cleanup_middleware.enter_context` about an
-exception that Flask turned into an error page. :func:`defer` hands slow work to an executor
-once the response is closed, from a view (``response.call_on_close`` stays synchronous).
+exception that Flask turned into an error page.
 """
 
 from __future__ import annotations
@@ -54,6 +53,14 @@ def init_app(app: Flask, **options: Any) -> Flask:
     return app
 
 
+def _record_failure(sender: Flask, exception: BaseException, **extra: Any) -> None:
+    # Flask answers with an error page instead of raising, so the middleware would not learn
+    # that the request failed.
+    cleanup: ResponseCleanup | None = request.environ.get(ENVIRON_KEY)
+    if cleanup is not None:
+        cleanup.record_failure(exception)
+
+
 def defer(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
     """Run ``fn(*args, **kwargs)`` in the executor once the current request's response closed.
 
@@ -68,11 +75,3 @@ def defer(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
             return "ordered"
     """
     defer_for_environ(request.environ, fn, *args, **kwargs)
-
-
-def _record_failure(sender: Flask, exception: BaseException, **extra: Any) -> None:
-    # Flask answers with an error page instead of raising, so the middleware would not learn
-    # that the request failed.
-    cleanup: ResponseCleanup | None = request.environ.get(ENVIRON_KEY)
-    if cleanup is not None:
-        cleanup.record_failure(exception)
