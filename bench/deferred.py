@@ -13,11 +13,13 @@ inline at close, shows).
   second request to its complete response, median over the rounds (variants in rotating
   order). Gunicorn reads a connection's next request only once the previous response was
   closed, hooks included.
-* **sync, requests/s**: one gunicorn sync worker; a bounded burst per variant from 4 client
-  threads, a new connection per request (:func:`bench.throughput.load`). ``/defer``'s burst
-  fits the default queue, so its work runs after the burst: the time until all of it finished
-  (``/done`` counts) is shown too. ``/cleanup`` gets a smaller burst: at 5 requests/s a large
-  one would take minutes.
+* **sync, requests/s**: one gunicorn sync worker; bursts of :data:`SYNC_BURST` requests from
+  4 client threads, a new connection per request (:func:`bench.throughput.load`), no work and
+  ``defer`` alternating over rounds in rotating order (judged by the median of the per-round
+  ratios, as benchmark 4 is), each burst waiting for the previous one's work; then one burst of
+  ``/cleanup`` (a smaller one: 5 requests/s) and one of ``/defer-small-queue``. ``/defer``'s
+  burst fits the default queue, so its work runs after the burst: the time until all of it
+  finished (``/done`` counts) is shown too.
 * **memory**: in-process, 10,000 requests each defer one function with one argument into a
   :class:`~cleanup_middleware.deferred.DeferredPool` whose one thread is held busy, so all of
   them wait in its queue; :mod:`tracemalloc` gives the memory they hold, per item. Then they
@@ -54,6 +56,9 @@ VARIANTS = {
 }
 KEEPALIVE_VARIANTS = ["nothing", "cleanup", "defer"]
 QUEUED_ITEMS = 10_000
+# Requests per sync burst: /defer's 40 functions of 200 ms (2 s on the default pool's four
+# threads) fit its queue of 256, so none runs inline, and a round waits little for them.
+SYNC_BURST = 40
 GTHREAD = ("--worker-class", "gthread", "--threads", "4")
 
 
@@ -124,29 +129,39 @@ def keepalive(quick: bool, tmp: str) -> dict[str, list[float]]:
     return seconds
 
 
-def sync_throughput(quick: bool, tmp: str) -> dict[str, dict[str, float]]:
-    """Requests/s of a burst per variant from one sync worker; for defer, when the work ended."""
-    burst = 100 if quick else 200  # /defer's must fit the default queue of 256
-    bursts = {"nothing": burst, "cleanup": 8 if quick else 24, "defer": burst}
-    bursts["defer-small-queue"] = 40 if quick else 100
-    results: dict[str, dict[str, float]] = {}
+def burst(srv: GunicornServer, name: str, requests: int) -> dict[str, float]:
+    """One burst of ``/name``: requests/s, and seconds until its after-response work finished."""
+    finished = finished_count(srv.port)
+    start = time.perf_counter()
+    seconds, failures = load(srv.port, f"/{name}", requests)
+    if failures:
+        raise RuntimeError(f"{failures} of {requests} requests to /{name} failed")
+    expected = finished + (requests if name != "nothing" else 0)
+    wait_finished(srv.port, expected, 60 + requests * apps.WORK_SECONDS)
+    return {"rps": requests / seconds, "work_done_s": time.perf_counter() - start}
+
+
+def sync_throughput(quick: bool, tmp: str) -> dict[str, Any]:
+    """Sync worker bursts: nothing and defer alternating over rounds, then one of each other."""
+    rounds = 3 if quick else 11
+    paired: dict[str, list[dict[str, float]]] = {"nothing": [], "defer": []}
     with GunicornServer("deferred-sync", "bench.apps:after_response", tmp) as srv:
         load(srv.port, "/nothing", 200)  # warm-up
-        for name, requests in bursts.items():
-            finished = finished_count(srv.port)
-            start = time.perf_counter()
-            seconds, failures = load(srv.port, f"/{name}", requests)
-            if failures:
-                raise RuntimeError(f"{failures} of {requests} requests to /{name} failed")
-            expected = finished + (requests if name != "nothing" else 0)
-            wait_finished(srv.port, expected, 60 + requests * apps.WORK_SECONDS)
-            results[name] = {
-                "requests": requests,
-                "rps": requests / seconds,
-                "work_done_s": time.perf_counter() - start,
-                "burst_s": seconds,
-            }
-    return results
+        for r in range(rounds):
+            for name in rotated(list(paired), r):
+                paired[name].append(burst(srv, name, SYNC_BURST))
+        single = {
+            "cleanup": burst(srv, "cleanup", 8 if quick else 24),
+            "defer-small-queue": burst(srv, "defer-small-queue", SYNC_BURST),
+        }
+    ratios = [d["rps"] / n["rps"] for d, n in zip(paired["defer"], paired["nothing"])]  # noqa: B905 - py39
+    return {
+        "rounds": rounds,
+        "paired": paired,
+        "single": single,
+        "defer_ratio": median(ratios),
+        "defer_ratios": ratios,
+    }
 
 
 def _deferring_view(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
@@ -207,14 +222,25 @@ def run(quick: bool) -> Section:
         ]
         for name in KEEPALIVE_VARIANTS
     ]
+    nothing_rps = median([x["rps"] for x in bursts["paired"]["nothing"]])
+    sync = {
+        "nothing": (nothing_rps, 0.0, 1.0),
+        "defer": (
+            median([x["rps"] for x in bursts["paired"]["defer"]]),
+            median([x["work_done_s"] for x in bursts["paired"]["defer"]]),
+            bursts["defer_ratio"],
+        ),
+    }
+    for name, result in bursts["single"].items():
+        sync[name] = (result["rps"], result["work_done_s"], result["rps"] / nothing_rps)
     rows += [
         [
-            f"sync: requests/s, a burst of {result['requests']:.0f} (all work done after)",
+            "sync: requests/s over a burst (s until its work was done)",
             VARIANTS[name],
-            f"{result['rps']:.1f} ({result['work_done_s']:.1f} s)",
-            f"{result['rps'] / bursts['nothing']['rps']:.2f}",
+            f"{rps:.1f}" + (f" ({done:.1f} s)" if name != "nothing" else ""),
+            f"{ratio:.2f}",
         ]
-        for name, result in bursts.items()
+        for name, (rps, done, ratio) in sync.items()
     ]
     rows.append(
         [
@@ -225,6 +251,7 @@ def run(quick: bool) -> Section:
         ]
     )
     rounds = len(next_request["nothing"])
+    sync_rounds = bursts["rounds"]
     return Section(
         key="deferred",
         title="5. 200 ms of work after each response: defer vs add_cleanup vs none",
@@ -239,7 +266,11 @@ def run(quick: bool) -> Section:
         },
         notes=[
             f"{'quick: ' if quick else ''}{rounds} keep-alive rounds per variant (gthread, "
-            "4 threads); sync bursts from 4 client threads, a new connection per request. "
+            f"4 threads); sync bursts of {SYNC_BURST} requests from 4 client threads, a new "
+            f"connection per request, {sync_rounds} rounds of no work and defer in rotating "
+            "order (defer's '/ nothing' is the median of the per-round ratios), then one burst "
+            f"each of add_cleanup (fewer requests: 5 a second) and the queue of "
+            f"{apps.SMALL_QUEUE}. "
             f"The work is {apps.WORK_SECONDS * 1e3:.0f} ms of waiting (time.sleep), not CPU. "
             "'/ nothing': the variant's figure over the same figure with no work. The sync "
             "figure in parentheses is the time from the start of the burst until the worker "
