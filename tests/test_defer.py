@@ -603,12 +603,22 @@ def test_serve_installs_the_worker_exit_hook(tmp_path: Path) -> None:
     records = tmp_path / "records"
     records.mkdir()
     token = f"serve-{uuid.uuid4().hex[:8]}"
+    own_config = tmp_path / "own.gunicorn.conf.py"
+    own_config.write_text(
+        "def worker_exit(server, worker):\n"
+        "    from serverkit import record\n"
+        "    record('own-worker-exit')\n"
+    )
     args = ["defer_app:application", "--workers", "1", "--graceful-timeout", "3"]
+    args += ["-c", str(own_config)]
     with run_serve(args, {RECORD_DIR_ENV: str(records)}, tmp_path) as server:
-        defer_request(server, token)
+        pid = defer_request(server, token)
         wait_for_records(records, lambda rs: "deferred-start" in events_of(records, token))
         server.process.send_signal(signal.SIGTERM)
         # Only the hook's limit (graceful_timeout less 1 s) logs before gunicorn's SIGKILL.
         wait_for_log(server, "abandoned 1 deferred function")
+        # ... and the operator's own worker_exit hook (in -c FILE) still runs.
+        wait_for_records(records, lambda rs: any(r["event"] == "own-worker-exit" for r in rs))
         server.process.wait(WAIT)
+    assert [r["pid"] for r in read_records(records) if r["event"] == "own-worker-exit"] == [pid]
     release(records, token)
