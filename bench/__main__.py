@@ -1,6 +1,6 @@
 """The whole benchmark suite: ``python -m bench [--quick]`` (``make bench``, ``make bench-quick``).
 
-Runs the four measurements one after the other, prints each one's detail table as it
+Runs the five measurements one after the other, prints each one's detail table as it
 finishes, then one combined table of every target with PASS or MISS, and writes, next to this
 file:
 
@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
-from . import inprocess, memory, sendfile, throughput
+from . import deferred, inprocess, memory, sendfile, throughput
 from .common import (
     OtherLoad,
     Section,
@@ -39,14 +39,16 @@ from .common import (
 )
 
 HERE = Path(__file__).resolve().parent
-MODULES = [sendfile, inprocess, memory, throughput]
+MODULES = [sendfile, inprocess, memory, throughput, deferred]
 
 
 def write_chart(sections: list[Section], title: str, path: Path) -> None:
     """One panel per measurement, drawn by the module's ``plot``."""
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    fig, axes = plt.subplots(2, 3, figsize=(19, 9))
     for module, section, ax in zip(MODULES, sections, axes.flat):  # noqa: B905 - py39
         module.plot(ax, section.data)
+    for ax in axes.flat[len(MODULES) :]:
+        ax.axis("off")
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

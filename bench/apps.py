@@ -25,12 +25,17 @@ Download variants (benchmark 1), one Flask app each, all served by one worker
 ``ours_raw`` (benchmark 3) is a raw WSGI app behind ``CleanupMiddleware`` that streams the file
 as a ``wsgi.file_wrapper`` (``/file``) or as a generator (``/gen``). ``hello`` (benchmark 4)
 serves Flask's hello world without (``/without``) and with (``/with``) ``init_app`` from the same
-worker.
+worker. ``after_response`` (benchmark 5) does :data:`WORK_SECONDS` of work after each response,
+with ``add_cleanup`` (``/cleanup``), with ``defer`` (``/defer``; ``/defer-small-queue`` with a
+queue of :data:`SMALL_QUEUE`), or none (``/nothing``); ``/done`` answers how many deferred
+functions have finished.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from functools import partial
 from typing import IO, TYPE_CHECKING
@@ -40,7 +45,8 @@ from flask import Flask, request, send_file
 from werkzeug.wsgi import ClosingIterator
 
 import cleanup_middleware.flask
-from cleanup_middleware import CleanupMiddleware, add_cleanup
+from cleanup_middleware import CleanupMiddleware, add_cleanup, defer
+from cleanup_middleware.deferred import DeferredPool
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -162,3 +168,40 @@ HELLO = {
 def hello(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     """Both hello worlds in one worker: ``/without`` plain, ``/with`` after ``init_app``."""
     return HELLO.get(environ.get("PATH_INFO", ""), HELLO["/without"])(environ, start_response)
+
+
+#: The after-response work of benchmark 5: waiting, as an upload or a remote call does.
+WORK_SECONDS = 0.2
+#: The queue of ``/defer-small-queue``, which a burst overflows.
+SMALL_QUEUE = 8
+_finished = 0
+_finished_lock = threading.Lock()
+
+
+def after_response_work() -> None:
+    """The slow work: :data:`WORK_SECONDS` of waiting, then counted for ``/done``."""
+    global _finished
+    time.sleep(WORK_SECONDS)
+    with _finished_lock:
+        _finished += 1
+
+
+def _after_response(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    path = environ.get("PATH_INFO", "")
+    if path == "/cleanup":
+        add_cleanup(environ, after_response_work)
+    elif path in ("/defer", "/defer-small-queue"):
+        defer(environ, after_response_work)
+    body = str(_finished).encode() if path == "/done" else b"ok"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+_default_queue = CleanupMiddleware(_after_response)
+_small_queue = CleanupMiddleware(_after_response, executor=DeferredPool(max_queued=SMALL_QUEUE))
+
+
+def after_response(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """Benchmark 5's paths in one worker; ``/defer-small-queue`` has a pool of its own."""
+    small = environ.get("PATH_INFO") == "/defer-small-queue"
+    return (_small_queue if small else _default_queue)(environ, start_response)

@@ -278,9 +278,10 @@ class GunicornServer:
     """``gunicorn <app>`` with one worker on an ephemeral 127.0.0.1 port, reaped on exit.
 
     The listening socket is created here and handed over as ``fd://N``, so the port is known
-    without a race. ``env`` is added to the server's environment (the apps in
-    :mod:`bench.apps` read their settings from it). On entry the server has answered
-    ``/ping`` and :attr:`worker` is its one worker process.
+    without a race. ``worker_args`` choose the worker class (sync unless given). ``env`` is
+    added to the server's environment (the apps in :mod:`bench.apps` read their settings from
+    it). On entry the server has answered ``/ping`` and :attr:`worker` is its one worker
+    process.
     """
 
     def __init__(
@@ -290,10 +291,12 @@ class GunicornServer:
         log_dir: str,
         env: dict[str, str] | None = None,
         config: str | None = None,
+        worker_args: tuple[str, ...] = ("--worker-class", "sync"),
     ) -> None:
         self.app = app
         self.env = env or {}
         self.config = config
+        self.worker_args = worker_args
         self.log_path = os.path.join(log_dir, f"gunicorn-{name}.log")
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -307,7 +310,7 @@ class GunicornServer:
             self.port = sock.getsockname()[1]
             fd = sock.fileno()
             cmd = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}", "--workers", "1"]
-            cmd += ["--worker-class", "sync", "--timeout", "300"]
+            cmd += [*self.worker_args, "--timeout", "300"]
             cmd += ["--graceful-timeout", "5", "--log-level", "warning"]
             if self.config:
                 cmd += ["--config", self.config]

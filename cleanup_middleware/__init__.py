@@ -10,6 +10,7 @@
 
 from .cleanup import ENVIRON_KEY, ResponseCleanup, add_cleanup, enter_context
 from .cli import ConfigError, Hook, wrap
+from .deferred import defer
 from .middleware import CleanupMiddleware
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Hook",
     "ResponseCleanup",
     "add_cleanup",
+    "defer",
     "enter_context",
     "wrap",
 ]

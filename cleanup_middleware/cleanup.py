@@ -92,6 +92,28 @@ class _ContextExit:
             self.exit(type(failure), failure, failure.__traceback__)
 
 
+class _HandOff:
+    """A function given to ``defer()``: at its turn in close(), last of all, it goes to the
+    executor. Deferred functions sit at the bottom of the stack in the order deferred, so
+    they are handed over in that order, after every hook."""
+
+    __slots__ = ("cleanup", "environ", "work")
+
+    def __init__(
+        self, cleanup: ResponseCleanup, work: Callable[[], object], environ: WSGIEnvironment
+    ) -> None:
+        self.cleanup = cleanup
+        self.work = work
+        self.environ = environ  # for the log: method and path
+
+    def __call__(self) -> None:
+        # Imported here: deferred.py imports this module, and requests without defer() never
+        # get here.
+        from .deferred import hand_off
+
+        hand_off(self.cleanup, self.work, self.environ)
+
+
 class ResponseCleanup:
     """The hooks of one response, run exactly once when the server closes its body.
 
@@ -164,15 +186,26 @@ class ResponseCleanup:
                     del hooks[index]
                     raise _closed_error(call)
 
-    def _register(self, hook: _Hook, call: str) -> None:
-        """Add ``hook`` to run at close; ``call`` names the public function, for the error."""
+    def _register(self, hook: _Hook, call: str, *, last: bool = False) -> None:
+        """Add ``hook`` to run at close; ``call`` names the public function, for the error.
+
+        With ``last``, it goes to the bottom of the stack: it runs after every hook registered
+        before or after it (the hand-off of :func:`~cleanup_middleware.defer`).
+        """
         hooks = self._hooks
         try:
-            hooks.append(hook)  # type: ignore[union-attr]
+            if last:
+                hooks.insert(0, hook)  # type: ignore[union-attr]
+            else:
+                hooks.append(hook)  # type: ignore[union-attr]
         except AttributeError:
             raise _closed_error(call) from None
         if self._hooks is not hooks:
             self._withdraw(hooks, hook, call)  # type: ignore[arg-type]
+
+    def _defer(self, work: Callable[[], object], environ: WSGIEnvironment) -> None:
+        """Hand ``work`` to the executor at close, once every hook ran: see ``defer()``."""
+        self._register(_HandOff(self, work, environ), "defer", last=True)
 
     def adopt_file_body(self, body: Iterable[bytes], close_body: Callable[[], object]) -> bool:
         """Point the file body's ``close`` here, to run ``close_body`` and then the hooks.
@@ -337,6 +370,8 @@ def _hook_name(hook: object) -> str:
                 # A @contextmanager, named by its function (which __enter__ forgot).
                 return _printable(f"{_module_of(generator.gi_code)}.{generator.__qualname__}", 200)
             hook = type(manager)
+        if isinstance(hook, _HandOff):
+            hook = hook.work
         while isinstance(hook, partial):
             hook = hook.func
         module = getattr(hook, "__module__", None)
@@ -433,6 +468,14 @@ def _not_wrapped(environ: object, call: str) -> Exception:
     )
 
 
+def _not_callable(call: str, purpose: str, fn: object) -> TypeError:
+    # The type, not a repr: the object may hold request data.
+    return TypeError(
+        f"{call}() needs a callable {purpose}, got a {type(fn).__name__} object; pass the "
+        "function itself, not its result"
+    )
+
+
 def _closed_error(call: str) -> RuntimeError:
     return RuntimeError(
         f"{call}() was called after the response was closed, so the hook would never run; "
@@ -461,10 +504,7 @@ def add_cleanup(
     except (KeyError, TypeError):
         raise _not_wrapped(environ, "add_cleanup") from None
     if not callable(fn):
-        raise TypeError(
-            f"add_cleanup() needs a callable to run at close, got a {type(fn).__name__} "
-            "object; pass the function itself, not its result"
-        )
+        raise _not_callable("add_cleanup", "to run at close", fn)
     hook = partial(fn, *args, **kwargs) if args or kwargs else fn
     # ResponseCleanup._register, inlined: the common case, kept one call deep.
     hooks = cleanup._hooks

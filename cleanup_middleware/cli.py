@@ -23,8 +23,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from . import deferred
 from .config import ENV_VAR, ConfigError, Hook, load_config, resolve
 from .middleware import CleanupMiddleware
 
@@ -117,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for index, hook in enumerate(config.hooks):
         is_context = hook.context is not None
         kind, target = ("context", hook.context) if is_context else ("call", hook.call)
+        if hook.defer:
+            kind = "deferred call"
         rows.append(
             (
                 f"hooks[{index}]",
@@ -153,6 +156,16 @@ def _serve(gunicorn_args: list[str], config: str | None) -> None:
                 super().load_config()
             finally:
                 sys.argv = argv
+            # A stopping worker waits for its deferred work before the user's own hook runs.
+            user_worker_exit = self.cfg.worker_exit
+
+            def worker_exit(server: Any, worker: Any) -> None:
+                try:
+                    deferred.worker_exit(server, worker)
+                finally:
+                    user_worker_exit(server, worker)
+
+            self.cfg.set("worker_exit", worker_exit)
 
         def load(self) -> CleanupMiddleware:
             return wrap(super().load(), config=config)

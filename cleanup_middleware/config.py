@@ -5,6 +5,7 @@ the request's scratch directory, flushing a tracing span. Operators declare it i
 in a ``[tool.cleanup-middleware]`` table of ``pyproject.toml``::
 
     on-hook-error = "log"                 # "log" (the default) or "raise"
+    executor = "myapp.tasks:pool"         # a concurrent.futures.Executor for defer() (optional)
 
     [[hooks]]
     call = "myapp.db:remove_session"      # called as fn(environ) when each response closes
@@ -13,6 +14,10 @@ in a ``[tool.cleanup-middleware]`` table of ``pyproject.toml``::
     context = "myapp.db:transaction"      # fn(environ) returns a context manager: entered before
     paths = ["/api/"]                     # the application runs, exited at close and told
     methods = ["POST", "PUT"]             # whether the request failed; only for these requests
+
+    [[hooks]]
+    call = "myapp.audit:upload"           # defer = true: handed to the executor at close, as
+    defer = true                          # defer(environ, upload, environ) does
 
 and give it to :class:`~cleanup_middleware.CleanupMiddleware` as ``config=`` (or name it in
 ``$CLEANUP_MIDDLEWARE_CONFIG``); code gives the same as ``hooks=[Hook(...), ...]``.
@@ -35,10 +40,12 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from .cleanup import add_cleanup, enter_context
+from .deferred import deferring
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,8 +83,8 @@ _HOOKS_ARGUMENT = "hooks=[...] argument"
 # The config hooks registered on a request so far, so that nested middleware add each once.
 _REGISTERED_KEY = "cleanup_middleware.config_hooks"
 
-_TOP_KEYS = ("on-hook-error", "hooks")
-_HOOK_KEYS = ("call", "context", "paths", "methods")
+_TOP_KEYS = ("on-hook-error", "executor", "hooks")
+_HOOK_KEYS = ("call", "context", "defer", "paths", "methods")
 _PYPROJECT_TABLE = "tool.cleanup-middleware"
 # RFC 9110 token: what a request method may be made of.
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -112,6 +119,8 @@ class Hook:
         failed with, if any.
     :param paths: only requests whose ``PATH_INFO`` starts with one of these prefixes.
     :param methods: only requests with one of these methods.
+    :param defer: a ``call`` hook is handed to the executor when the response closes, as
+        :func:`~cleanup_middleware.defer` does, instead of running in the server's thread.
 
     Example::
 
@@ -125,6 +134,7 @@ class Hook:
     context: ContextFactory | str | None = None
     paths: Sequence[str] | None = None
     methods: Sequence[str] | None = None
+    defer: bool = False
 
 
 class _Compiled(NamedTuple):
@@ -144,12 +154,14 @@ class Config:
     :param on_hook_error: the file's ``on-hook-error``; ``"log"`` when it sets none.
     :param hooks: the hooks as declared, in order.
     :param compiled: the same hooks, imported and checked, for :func:`register`.
+    :param executor: the file's ``executor``, imported; ``None`` when it names none.
     """
 
     source: str
     on_hook_error: Literal["log", "raise"]
     hooks: tuple[Hook, ...]
     compiled: tuple[_Compiled, ...]
+    executor: Executor | None = None
 
 
 def register(hooks: tuple[_Compiled, ...], environ: WSGIEnvironment) -> None:
@@ -204,6 +216,7 @@ def configure(
         from_file.on_hook_error,
         from_file.hooks + in_code.hooks,
         from_file.compiled + in_code.compiled,
+        from_file.executor,
     )
 
 
@@ -263,8 +276,30 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     hooks = []
     for index, entry in enumerate(entries):
         _check_keys(entry, _HOOK_KEYS, source, f"{prefix}hooks[{index}].")
-        hooks.append(Hook(**{key: entry.get(key) for key in _HOOK_KEYS}))
-    return _compile(source, prefix, on_hook_error, hooks)
+        hooks.append(Hook(**{key: entry[key] for key in _HOOK_KEYS if key in entry}))
+    config = _compile(source, prefix, on_hook_error, hooks)
+    if "executor" not in document:
+        return config
+    return replace(config, executor=_executor(document["executor"], source, f"{prefix}executor"))
+
+
+def _executor(name: object, source: str, key: str) -> Executor:
+    """The ``executor`` key's object, imported and checked."""
+    fix = (
+        'name an executor made in a module, as in executor = "myapp.tasks:pool" with '
+        "pool = ThreadPoolExecutor(max_workers=8) in myapp/tasks.py"
+    )
+    if not isinstance(name, str):
+        raise ConfigError(source, key, f"must be a string, got {name!r}; {fix}")
+    executor = resolve(name, source, key)
+    if not isinstance(executor, Executor):
+        raise ConfigError(
+            source,
+            key,
+            f"{name} is not a concurrent.futures.Executor (an object of type "
+            f"{type(executor).__name__}); {fix}",
+        )
+    return executor
 
 
 def _check_keys(table: dict[str, Any], known: tuple[str, ...], source: str, prefix: str) -> None:
@@ -304,8 +339,21 @@ def _compile_hook(hook: Hook, source: str, key: str) -> _Compiled:
         )
         raise ConfigError(source, key, problem)
     is_context = hook.context is not None
+    if not isinstance(hook.defer, bool):
+        raise ConfigError(
+            source, f"{key}.defer", f"must be true or false, got {hook.defer!r}; write defer = true"
+        )
+    if is_context and hook.defer:
+        raise ConfigError(
+            source,
+            f"{key}.defer",
+            "a context hook cannot be deferred: it is exited at close, in the request; remove "
+            "defer, or make it a call hook",
+        )
     target = hook.context if is_context else hook.call
     fn = _function(target, source, f"{key}.{'context' if is_context else 'call'}", is_context)
+    if hook.defer:
+        fn = deferring(fn)
     methods = _strings(hook.methods, source, f"{key}.methods", '["POST", "PUT"]')
     for method in methods or ():
         if not _METHOD.fullmatch(method):

@@ -16,13 +16,16 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, got_request_exception, request
 
 from .cleanup import ENVIRON_KEY
+from .deferred import defer as defer_for_environ
 from .middleware import CleanupMiddleware
 from .response import CleanupResponseMixin
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .cleanup import ResponseCleanup
 
-__all__ = ["init_app"]
+__all__ = ["defer", "init_app"]
 
 
 def init_app(app: Flask, **options: Any) -> Flask:
@@ -82,3 +85,19 @@ def _record_failure(sender: object, exception: BaseException, **extra: Any) -> N
     cleanup: ResponseCleanup | None = request.environ.get(ENVIRON_KEY)
     if cleanup is not None:
         cleanup.record_failure(exception)
+
+
+def defer(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+    """Run ``fn(*args, **kwargs)`` in the executor once the current request's response closed.
+
+    :func:`cleanup_middleware.defer` for the Flask request being handled (the app must be set
+    up with :func:`init_app`); the executor is ``init_app(app, executor=...)``'s.
+
+    Example::
+
+        @app.post("/orders")
+        def order():
+            cleanup_middleware.flask.defer(send_receipt, request.form["email"])
+            return "ordered"
+    """
+    defer_for_environ(request.environ, fn, *args, **kwargs)

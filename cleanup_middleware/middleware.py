@@ -10,6 +10,7 @@ cleanup hooks and binds it to the body's ``close()`` in a way that keeps both.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from contextlib import suppress
 from typing import TYPE_CHECKING, Literal
 
@@ -51,6 +52,10 @@ class CleanupMiddleware:
     :param hooks: :class:`~cleanup_middleware.Hook` objects, the same in code; they come after
         the file's. Both are checked and imported here: a mistake raises
         :class:`~cleanup_middleware.ConfigError`.
+    :param executor: the :class:`concurrent.futures.Executor` that runs the functions given to
+        :func:`~cleanup_middleware.defer`; when not given, the config file's ``executor``, else
+        the process's :class:`~cleanup_middleware.deferred.DeferredPool`. In nested
+        middleware, the outermost one's applies.
 
     Example::
 
@@ -72,6 +77,7 @@ class CleanupMiddleware:
         on_hook_error: Literal["log", "raise"] | None = None,
         config: str | os.PathLike[str] | None = None,
         hooks: Sequence[Hook] | None = None,
+        executor: Executor | None = None,
     ) -> None:
         settings = configure(config, hooks)
         # The checked config hooks, registered on every request by config.register().
@@ -84,9 +90,23 @@ class CleanupMiddleware:
             )
         self.app = app
         self.on_hook_error = on_hook_error
-        self._cleanup_class = (
+        cleanup_class: type[ResponseCleanup] = (
             RaisingResponseCleanup if on_hook_error == "raise" else ResponseCleanup
         )
+        if executor is not None and not isinstance(executor, Executor):
+            raise TypeError(
+                f"CleanupMiddleware(executor={executor!r}): give a concurrent.futures.Executor "
+                "object, such as ThreadPoolExecutor(max_workers=8) or DeferredPool()"
+            )
+        self.executor = executor if executor is not None else settings.executor
+        if self.executor is not None:
+            # Held by the class, not by each request's object: a request pays nothing for it.
+            cleanup_class = type(
+                cleanup_class.__name__,
+                (cleanup_class,),
+                {"__slots__": (), "executor": self.executor},
+            )
+        self._cleanup_class = cleanup_class
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if ENVIRON_KEY in environ:
