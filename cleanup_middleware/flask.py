@@ -5,13 +5,20 @@
 ``send_file`` responses keep their ``call_on_close`` callbacks and their ``sendfile()``), and
 tells context managers entered with :func:`~cleanup_middleware.enter_context` about an
 exception that Flask turned into an error page.
+
+An application may set ``app.response_class`` after :func:`init_app` (an extension, a factory
+that configures it later), and a view may return a Werkzeug ``Response`` of another class.
+Either would drop ``call_on_close`` for ``send_file`` again, so each finished response that
+lacks the mixin gets it as Werkzeug's own ``Response.force_type`` converts one: by setting its
+``__class__`` (one ``isinstance`` test per request otherwise).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, got_request_exception, request
+from flask import Flask, got_request_exception, request, request_finished
+from werkzeug.wrappers import Response
 
 from .cleanup import ENVIRON_KEY
 from .middleware import CleanupMiddleware
@@ -21,6 +28,8 @@ if TYPE_CHECKING:
     from .cleanup import ResponseCleanup
 
 __all__ = ["init_app"]
+
+_R = TypeVar("_R", bound=Response)
 
 
 def init_app(app: Flask, **options: Any) -> Flask:
@@ -42,12 +51,34 @@ def init_app(app: Flask, **options: Any) -> Flask:
             return response
     """
     if not issubclass(app.response_class, CleanupResponseMixin):
-        base = app.response_class
-        app.response_class = type(base.__name__, (CleanupResponseMixin, base), {})
+        app.response_class = _with_cleanup(app.response_class)
     if not isinstance(app.wsgi_app, CleanupMiddleware):
         app.wsgi_app = CleanupMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
     got_request_exception.connect(_record_failure, app)
+    request_finished.connect(_add_mixin, app)
     return app
+
+
+# One mixed class per response class, made when first needed.
+_mixed_classes: dict[type[Response], type[Response]] = {}
+
+
+def _with_cleanup(base: type[_R]) -> type[_R]:
+    """``base`` with :class:`CleanupResponseMixin` mixed in."""
+    mixed = _mixed_classes.get(base)
+    if mixed is None:
+        # setdefault: two threads making the first at once end up with the same class.
+        mixed = _mixed_classes.setdefault(
+            base, type(base.__name__, (CleanupResponseMixin, base), {})
+        )
+    return mixed  # type: ignore[return-value]
+
+
+def _add_mixin(sender: Flask, response: Response, **extra: Any) -> None:
+    # Sent once Flask finished the response, before it calls it: the last moment at which the
+    # class decides what get_app_iter() does.
+    if not isinstance(response, CleanupResponseMixin):
+        response.__class__ = _with_cleanup(type(response))
 
 
 def _record_failure(sender: Flask, exception: BaseException, **extra: Any) -> None:

@@ -118,6 +118,35 @@ def test_init_app_is_idempotent_and_keeps_the_apps_response_class() -> None:
     assert isinstance(app.wsgi_app, CleanupMiddleware)
 
 
+def test_response_class_set_after_init_app_keeps_call_on_close_and_the_file_wrapper(
+    tmp_path: Path,
+) -> None:
+    class LaterResponse(Flask.response_class):
+        default_mimetype = "text/csv"
+
+    app = Flask(__name__)
+    cleanup_middleware.flask.init_app(app)
+    app.response_class = LaterResponse  # an extension or a factory, after init_app
+    closed: list[str] = []
+    path = tmp_path / "late.csv"
+
+    @app.get("/late")
+    def late() -> Response:
+        path.write_bytes(b"a,b")
+        response = send_file(path)
+        assert type(response) is LaterResponse
+        response.call_on_close(lambda: closed.append("late"))
+        response.call_on_close(path.unlink)
+        return response
+
+    for _ in range(2):
+        body, data = serve(app, environ_for("/late"))
+        assert isinstance(body, FileWrapper), "gunicorn must still see its own file wrapper"
+        assert data == b"a,b"
+    assert closed == ["late", "late"]
+    assert not path.exists()
+
+
 def test_flask_error_page_tells_context_managers_the_request_failed() -> None:
     app = Flask(__name__)
     cleanup_middleware.flask.init_app(app)
