@@ -6,6 +6,7 @@ test_servers.py does the same through real servers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from werkzeug.wrappers import Request, Response
 import cleanup_middleware.flask
 from cleanup_middleware import CleanupMiddleware, enter_context
 from cleanup_middleware.response import CleanupResponse, CleanupResponseMixin
+
+FRAMEWORKS_DOC = Path(__file__).resolve().parent.parent / "docs" / "frameworks.md"
 
 
 def environ_for(path: str = "/", method: str = "GET") -> dict[str, Any]:
@@ -213,3 +216,13 @@ def test_cleanup_response_without_middleware_raises_instead_of_dropping() -> Non
     response = CleanupResponse(generate(), direct_passthrough=True)
     with pytest.raises(RuntimeError, match="CleanupMiddleware"):
         response(environ_for(), lambda status, headers, exc_info=None: None)
+
+
+def test_the_documented_way_to_test_a_flask_app_closes_the_response(tmp_path: Path) -> None:
+    """The example of docs/frameworks.md, "Testing code that uses it", run as written there."""
+    section = FRAMEWORKS_DOC.read_text(encoding="utf-8").split("### Testing code that uses it")[1]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None, "no python block in the testing section of docs/frameworks.md"
+    namespace: dict[str, Any] = {"__name__": "frameworks_doc_example"}
+    exec(compile(match.group(1), str(FRAMEWORKS_DOC), "exec"), namespace)
+    namespace["test_the_report_is_deleted_once_sent"](tmp_path)
