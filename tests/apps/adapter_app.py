@@ -1,0 +1,137 @@
+"""The application that ``tests/test_asgi_adapters.py`` serves through ASGI servers and adapters.
+
+One WSGI application wrapped in :class:`~cleanup_middleware.CleanupMiddleware`, and the same
+application behind each WSGI-to-ASGI adapter (:data:`asgiref_app`, :data:`a2wsgi_app`,
+:data:`uvicorn_native_app`). Each ``/stream`` request carries ``token`` and ``chunks`` in its
+query string and leaves records with :func:`serverkit.record`:
+
+* ``created`` (``path``): the request's temporary file, which the hook ``delete`` removes;
+* ``ran`` (``via``, ``by_gc``): a hook ran; ``by_gc`` is true when the garbage-collection net
+  ran it (the server never called ``close()``); ``via="delete"`` tells ``existed``,
+  ``via="count"`` how many chunks the body had yielded by then (``yielded``), and
+  ``via="witness"``, a context manager entered first and so exited last, the ``failure`` it was
+  told of.
+
+``/gc`` runs the garbage collector in the server and records ``gc``; ``/ready`` answers at once.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+from a2wsgi import WSGIMiddleware
+from asgiref.wsgi import WsgiToAsgi
+from serverkit import record
+from uvicorn.middleware.wsgi import _WSGIMiddleware
+
+from cleanup_middleware import CleanupMiddleware, add_cleanup, enter_context
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+#: Environment variable naming the directory for the temporary files.
+TMP_DIR_ENV = "CLEANUP_TMP_DIR"
+CHUNK = bytes(64 * 1024)
+
+
+def _by_gc() -> bool:
+    """Whether the running hook was called by the garbage-collection net, not by close()."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "__del__" and "cleanup_middleware" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+class Witness:
+    """Entered with ``enter_context`` first: its exit records the failure it was told of."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __enter__(self) -> Witness:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        failure = exc_type.__name__ if exc_type else None
+        record(
+            "ran", token=self.token, via="witness", failure=failure, by_gc=_by_gc(), at=time.time()
+        )
+
+
+def _delete(token: str, path: str) -> None:
+    existed = os.path.exists(path)
+    if existed:
+        os.unlink(path)
+    record("ran", token=token, via="delete", existed=existed, by_gc=_by_gc(), at=time.time())
+
+
+def _count(token: str, state: dict[str, int]) -> None:
+    record(
+        "ran", token=token, via="count", yielded=state["yielded"], by_gc=_by_gc(), at=time.time()
+    )
+
+
+def _stream(chunks: int, state: dict[str, int]) -> Iterator[bytes]:
+    for _ in range(chunks):
+        state["yielded"] += 1
+        yield CHUNK
+
+
+def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    path = environ.get("PATH_INFO", "")
+    if path == "/gc":
+        record("gc", collected=gc.collect())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"collected"]
+    if path != "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ready"]
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    token = query["token"][0]
+    chunks = int(query.get("chunks", ["1"])[0])
+    enter_context(environ, Witness(token))
+    fd, tmp = tempfile.mkstemp(prefix="adapter-", dir=os.environ.get(TMP_DIR_ENV))
+    os.close(fd)
+    record("created", token=token, path=tmp)
+    add_cleanup(environ, _delete, token, tmp)
+    state = {"yielded": 0}
+    add_cleanup(environ, partial(_count, token, state))
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "application/octet-stream"),
+            ("Content-Length", str(chunks * len(CHUNK))),
+        ],
+    )
+    return _stream(chunks, state)
+
+
+application = CleanupMiddleware(app)
+
+
+#: The application behind asgiref's adapter, which never calls close() on the body.
+asgiref_app = WsgiToAsgi(application)
+#: Behind a2wsgi's, which ``uvicorn --interface wsgi`` runs too when a2wsgi is installed.
+a2wsgi_app = WSGIMiddleware(application)
+# What `uvicorn --interface wsgi` runs when a2wsgi is not installed; deprecated, and it says so.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    #: Behind uvicorn's own WSGI middleware, which never calls close() either.
+    uvicorn_native_app = _WSGIMiddleware(application)
