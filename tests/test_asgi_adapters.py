@@ -44,6 +44,7 @@ from serverkit import (
     listening_socket,
     new_log_path,
     read_records,
+    wait_for_records,
     wait_until_ready,
 )
 
@@ -341,3 +342,40 @@ def test_a_generator_body_after_the_client_left(
     yielded = seen.hooks[seen.lost]["count"][0]["yielded"]
     assert (yielded == HUGE_CHUNKS) == EXPECTED[name].iterates_after_reset, (yielded, seen.server)
     assert seen.ran_before_headers == EXPECTED[name].buffers_body, seen.server
+
+
+def half_close_then_read(server: Server, token: str) -> int:
+    """Send the request, close our sending side (FIN), then read the whole response."""
+    with socket.create_connection((HOST, server.port), timeout=30) as sock:
+        path = f"/stream?token={token}&chunks={FULL_CHUNKS}"
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        sock.shutdown(socket.SHUT_WR)
+        received = 0
+        while chunk := sock.recv(65536):
+            received += len(chunk)
+        return received
+
+
+def test_uwsgi_lost_client_check_tells_enter_context(tmp_path: Path) -> None:
+    """UwsgiLostClient turns the reset that uWSGI logs and clears into the request's failure."""
+    reason = uwsgi_missing() or missing("uwsgi")
+    if reason:
+        pytest.skip(reason)
+    from apps.adapter_app import CHUNK, TMP_DIR_ENV
+
+    records = tmp_path / "records"
+    records.mkdir()
+    env = {RECORD_DIR_ENV: str(records), TMP_DIR_ENV: str(tmp_path)}
+    full, half_closed, lost = (uuid.uuid4().hex for _ in range(3))
+    with run_uwsgi("adapter_app:uwsgi_checked_application", env=env, log_dir=tmp_path) as server:
+        assert len(get(server, f"/stream?token={full}&chunks={FULL_CHUNKS}")) == (
+            FULL_CHUNKS * len(CHUNK)
+        )
+        assert half_close_then_read(server, half_closed) > FULL_CHUNKS * len(CHUNK)
+        reset_mid_body(server, lost, records)
+        final = wait_for_records(
+            records, lambda rs: all(hooks_of(rs, t)["witness"] for t in (full, half_closed, lost))
+        )
+    told = {token: hooks_of(final, token)["witness"][0]["failure"] for token in (full, lost)}
+    told[half_closed] = hooks_of(final, half_closed)["witness"][0]["failure"]
+    assert told == {full: None, half_closed: None, lost: "ConnectionResetError"}

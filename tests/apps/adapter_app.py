@@ -1,9 +1,10 @@
 """The application that ``tests/test_asgi_adapters.py`` serves through ASGI servers and adapters.
 
-One WSGI application wrapped in :class:`~cleanup_middleware.CleanupMiddleware`, and the same
-application behind each WSGI-to-ASGI adapter (:data:`asgiref_app`, :data:`a2wsgi_app`,
-:data:`uvicorn_native_app`). Each ``/stream`` request carries ``token`` and ``chunks`` in its
-query string and leaves records with :func:`serverkit.record`:
+One WSGI application wrapped in :class:`~cleanup_middleware.CleanupMiddleware`, the same behind
+each WSGI-to-ASGI adapter (:data:`asgiref_app`, :data:`a2wsgi_app`, :data:`uvicorn_native_app`),
+and with :class:`~cleanup_middleware.lost_client.UwsgiLostClient` inside
+(:data:`uwsgi_checked_application`). Each ``/stream`` request carries ``token`` and ``chunks``
+in its query string and leaves records with :func:`serverkit.record`:
 
 * ``created`` (``path``): the request's temporary file, which the hook ``delete`` removes;
 * ``ran`` (``via``, ``by_gc``): a hook ran; ``by_gc`` is true when the garbage-collection net
@@ -35,6 +36,7 @@ from serverkit import record
 from uvicorn.middleware.wsgi import _WSGIMiddleware
 
 from cleanup_middleware import CleanupMiddleware, add_cleanup, enter_context
+from cleanup_middleware.lost_client import UwsgiLostClient
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -124,6 +126,8 @@ def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[byt
 
 
 application = CleanupMiddleware(app)
+#: With the check that tells context managers of a client that reset the connection (uWSGI).
+uwsgi_checked_application = CleanupMiddleware(UwsgiLostClient(app))
 
 
 #: The application behind asgiref's adapter, which never calls close() on the body.
