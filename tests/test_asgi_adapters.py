@@ -376,6 +376,6 @@ def test_uwsgi_lost_client_check_tells_enter_context(tmp_path: Path) -> None:
         final = wait_for_records(
             records, lambda rs: all(hooks_of(rs, t)["witness"] for t in (full, half_closed, lost))
         )
-    told = {token: hooks_of(final, token)["witness"][0]["failure"] for token in (full, lost)}
-    told[half_closed] = hooks_of(final, half_closed)["witness"][0]["failure"]
+    tokens = (full, half_closed, lost)
+    told = {token: hooks_of(final, token)["witness"][0]["failure"] for token in tokens}
     assert told == {full: None, half_closed: None, lost: "ConnectionResetError"}
