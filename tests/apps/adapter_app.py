@@ -4,33 +4,30 @@ One WSGI application wrapped in :class:`~cleanup_middleware.CleanupMiddleware`, 
 each WSGI-to-ASGI adapter (:data:`asgiref_app`, :data:`a2wsgi_app`, :data:`uvicorn_native_app`),
 and with :class:`~cleanup_middleware.lost_client.UwsgiLostClient` inside
 (:data:`uwsgi_checked_application`). Each ``/stream`` request carries ``token`` and ``chunks``
-in its query string and leaves records with :func:`serverkit.record`:
+in its query string, enters an :class:`appkit.Witness` first (its ``exit`` record comes last and
+tells the failure it was told of), makes a temporary file that the hook
+:func:`appkit.delete_file` removes (``created``, ``deleted``), and registers a hook that records
+``ran`` with how many chunks the body had yielded by then (``yielded``), whether the
+garbage-collection net ran it because the server never called ``close()`` (``by_gc``), and when
+(``at``, the epoch time).
 
-* ``created`` (``path``): the request's temporary file, which the hook ``delete`` removes;
-* ``ran`` (``via``, ``by_gc``): a hook ran; ``by_gc`` is true when the garbage-collection net
-  ran it (the server never called ``close()``); ``via="delete"`` tells ``existed``,
-  ``via="count"`` how many chunks the body had yielded by then (``yielded``), and
-  ``via="witness"``, a context manager entered first and so exited last, the ``failure`` it was
-  told of.
-
-``/gc`` runs the garbage collector in the server and records ``gc``; ``/ready`` answers at once.
+``/gc`` runs the garbage collector in the server and records ``gc``; any other path answers at
+once.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator
 from functools import partial
-from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from a2wsgi import WSGIMiddleware
+from appkit import Witness, delete_file, make_temp_file
 from asgiref.wsgi import WsgiToAsgi
 from serverkit import record
 from uvicorn.middleware.wsgi import _WSGIMiddleware
@@ -41,8 +38,6 @@ from cleanup_middleware.lost_client import UwsgiLostClient
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-#: Environment variable naming the directory for the temporary files.
-TMP_DIR_ENV = "CLEANUP_TMP_DIR"
 CHUNK = bytes(64 * 1024)
 
 
@@ -54,34 +49,6 @@ def _by_gc() -> bool:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
-
-
-class Witness:
-    """Entered with ``enter_context`` first: its exit records the failure it was told of."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def __enter__(self) -> Witness:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        failure = exc_type.__name__ if exc_type else None
-        record(
-            "ran", token=self.token, via="witness", failure=failure, by_gc=_by_gc(), at=time.time()
-        )
-
-
-def _delete(token: str, path: str) -> None:
-    existed = os.path.exists(path)
-    if existed:
-        os.unlink(path)
-    record("ran", token=token, via="delete", existed=existed, by_gc=_by_gc(), at=time.time())
 
 
 def _count(token: str, state: dict[str, int]) -> None:
@@ -109,10 +76,7 @@ def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[byt
     token = query["token"][0]
     chunks = int(query.get("chunks", ["1"])[0])
     enter_context(environ, Witness(token))
-    fd, tmp = tempfile.mkstemp(prefix="adapter-", dir=os.environ.get(TMP_DIR_ENV))
-    os.close(fd)
-    record("created", token=token, path=tmp)
-    add_cleanup(environ, _delete, token, tmp)
+    add_cleanup(environ, delete_file, token, make_temp_file(token, 0), "delete")
     state = {"yielded": 0}
     add_cleanup(environ, partial(_count, token, state))
     start_response(
