@@ -486,30 +486,57 @@ def test_bad_toml_names_the_line(tmp_path: Path) -> None:
         load_config(path)
 
 
-def test_module_that_fails_to_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "broken_hooks_module.py").write_text("raise RuntimeError('boom at import')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    path = toml(tmp_path, '[[hooks]]\ncall = "broken_hooks_module:f"\n')
-    with pytest.raises(ConfigError) as info:
-        CleanupMiddleware(app, config=path)
-    assert str(info.value).startswith(f"{path}: hooks[0].call: importing 'broken_hooks_module'")
-    assert "RuntimeError: boom at import; fix that module" in str(info.value)
+# (module name, its text, what importing it raises, how the message goes on after the entry)
+BROKEN_MODULES = [
+    pytest.param(
+        "raises_at_import",
+        "raise RuntimeError('boom at import')\n",
+        ConfigError,
+        "importing 'raises_at_import' raised RuntimeError: boom at import; fix that module",
+        id="raises",
+    ),
+    pytest.param(
+        "needs_a_dependency",
+        "import no_such_dependency_x\n",
+        ConfigError,
+        "importing 'needs_a_dependency' failed: it imports 'no_such_dependency_x', which is not "
+        "installed or not on the path",
+        id="missing-dependency",
+    ),
+    pytest.param(
+        "exits_at_import",
+        "import sys\nsys.exit()\n",
+        ConfigError,
+        "importing 'exits_at_import' called sys.exit(None); a hook module must not exit when "
+        "imported",
+        id="sys.exit",
+    ),
+    pytest.param(
+        "interrupted_at_import",
+        "raise KeyboardInterrupt\n",
+        KeyboardInterrupt,  # still an interrupt, naming where
+        "interrupted while importing 'interrupted_at_import'",
+        id="KeyboardInterrupt",
+    ),
+]
 
 
-def test_hook_module_with_a_missing_dependency_names_the_dependency(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("module", "text", "raised", "message"), BROKEN_MODULES)
+def test_hook_module_that_fails_at_import(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    text: str,
+    raised: type[BaseException],
+    message: str,
 ) -> None:
-    (tmp_path / "needs_a_dependency.py").write_text("import no_such_dependency_x\n")
+    (tmp_path / f"{module}.py").write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path))
-    path = toml(tmp_path, '[[hooks]]\ncall = "needs_a_dependency:f"\n')
-    with pytest.raises(ConfigError) as info:
+    path = toml(tmp_path, f'[[hooks]]\ncall = "{module}:f"\n')
+    with pytest.raises(raised) as info:
         CleanupMiddleware(app, config=path)
-    message = str(info.value)
-    assert message.startswith(
-        f"{path}: hooks[0].call: importing 'needs_a_dependency' failed: it imports "
-        "'no_such_dependency_x', which is not installed"
-    ), message
-    assert "check the name" not in message
+    assert str(info.value).startswith(f"{path}: hooks[0].call: {message}"), str(info.value)
+    assert "check the name" not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["no_such_package_x.hooks", "cleanup_middleware.no_such_module"])
@@ -517,31 +544,6 @@ def test_hook_module_that_is_not_there_says_check_the_name(tmp_path: Path, name:
     path = toml(tmp_path, f'[[hooks]]\ncall = "{name}:f"\n')
     with pytest.raises(ConfigError, match=rf"cannot import '{name}' .*; check the name"):
         CleanupMiddleware(app, config=path)
-
-
-def test_hook_module_that_exits_at_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit()\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    path = toml(tmp_path, '[[hooks]]\ncall = "exits_at_import:f"\n')
-    with pytest.raises(ConfigError) as info:
-        CleanupMiddleware(app, config=path)
-    assert str(info.value).startswith(
-        f"{path}: hooks[0].call: importing 'exits_at_import' called sys.exit(None); a hook "
-        "module must not exit when imported"
-    )
-
-
-def test_hook_module_interrupted_at_import_is_still_an_interrupt(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "interrupted_at_import.py").write_text("raise KeyboardInterrupt\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    path = toml(tmp_path, '[[hooks]]\ncall = "interrupted_at_import:f"\n')
-    with pytest.raises(KeyboardInterrupt) as info:
-        CleanupMiddleware(app, config=path)
-    assert str(info.value).startswith(
-        f"{path}: hooks[0].call: interrupted while importing 'interrupted_at_import'"
-    )
 
 
 # (file bytes, what the message says the file is)
