@@ -7,17 +7,16 @@ tells context managers entered with :func:`~cleanup_middleware.enter_context` ab
 exception that Flask turned into an error page.
 
 An application may set ``app.response_class`` after :func:`init_app` (an extension, a factory
-that configures it later), and a view may return a Werkzeug ``Response`` of another class.
-Either would drop ``call_on_close`` for ``send_file`` again, so each finished response that
-lacks the mixin gets it as Werkzeug's own ``Response.force_type`` converts one: by setting its
-``__class__`` (one ``isinstance`` test per request otherwise).
+that configures it later), which would drop ``call_on_close`` for ``send_file`` again; so the
+class is checked as each request starts, and a new one gets the mixin then (one ``issubclass``
+test per request otherwise). Flask converts every response a view returns to that class.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, got_request_exception, request, request_finished
+from flask import Flask, got_request_exception, request
 from werkzeug.wrappers import Response
 
 from .cleanup import ENVIRON_KEY
@@ -25,6 +24,10 @@ from .middleware import CleanupMiddleware
 from .response import CleanupResponseMixin
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
     from .cleanup import ResponseCleanup
 
 __all__ = ["init_app"]
@@ -50,13 +53,35 @@ def init_app(app: Flask, **options: Any) -> Flask:
             response.call_on_close(lambda: os.unlink(path))
             return response
     """
+    _mix_into_response_class(app)
+    if not isinstance(app.wsgi_app, CleanupMiddleware):
+        app.wsgi_app = CleanupMiddleware(  # type: ignore[method-assign]
+            _MixingResponseClass(app, app.wsgi_app), **options
+        )
+    got_request_exception.connect(_record_failure, app)
+    return app
+
+
+def _mix_into_response_class(app: Flask) -> None:
     if not issubclass(app.response_class, CleanupResponseMixin):
         app.response_class = _with_cleanup(app.response_class)
-    if not isinstance(app.wsgi_app, CleanupMiddleware):
-        app.wsgi_app = CleanupMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
-    got_request_exception.connect(_record_failure, app)
-    request_finished.connect(_add_mixin, app)
-    return app
+
+
+class _MixingResponseClass:
+    """Flask's ``wsgi_app``, run once ``app.response_class`` has the mixin, whenever it was set."""
+
+    __slots__ = ("flask_app", "wsgi_app")
+
+    def __init__(self, flask_app: Flask, wsgi_app: WSGIApplication) -> None:
+        self.flask_app = flask_app
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        # _mix_into_response_class(), inlined: this runs for every request.
+        app = self.flask_app
+        if not issubclass(app.response_class, CleanupResponseMixin):
+            app.response_class = _with_cleanup(app.response_class)
+        return self.wsgi_app(environ, start_response)
 
 
 # One mixed class per response class, made when first needed.
@@ -72,13 +97,6 @@ def _with_cleanup(base: type[_R]) -> type[_R]:
             base, type(base.__name__, (CleanupResponseMixin, base), {})
         )
     return mixed  # type: ignore[return-value]
-
-
-def _add_mixin(sender: Flask, response: Response, **extra: Any) -> None:
-    # Sent once Flask finished the response, before it calls it: the last moment at which the
-    # class decides what get_app_iter() does.
-    if not isinstance(response, CleanupResponseMixin):
-        response.__class__ = _with_cleanup(type(response))
 
 
 def _record_failure(sender: Flask, exception: BaseException, **extra: Any) -> None:

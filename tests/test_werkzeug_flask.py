@@ -137,7 +137,7 @@ def test_response_class_set_after_init_app_keeps_call_on_close_and_the_file_wrap
     def late() -> Response:
         path.write_bytes(b"a,b")
         response = send_file(path)
-        assert type(response) is LaterResponse
+        assert isinstance(response, LaterResponse), "the app's own class, the mixin added"
         response.call_on_close(lambda: closed.append("late"))
         response.call_on_close(path.unlink)
         return response
