@@ -374,12 +374,12 @@ def _compile_hook(hook: Hook, source: str, key: str) -> _Compiled:
     return _Compiled(
         fn,
         is_context,
-        effective_methods(methods) if methods is not None else None,
-        tuple(wsgi_path(prefix) for prefix in prefixes) if prefixes is not None else None,
+        _effective_methods(methods) if methods is not None else None,
+        tuple(_wsgi_path(prefix) for prefix in prefixes) if prefixes is not None else None,
     )
 
 
-def effective_methods(methods: Sequence[str]) -> frozenset[str]:
+def _effective_methods(methods: Sequence[str]) -> frozenset[str]:
     """The request methods a ``methods`` filter matches: upper case, and ``HEAD`` with ``GET``.
 
     Flask and Werkzeug answer ``HEAD`` with the ``GET`` view (a rule for ``GET`` matches
@@ -391,7 +391,7 @@ def effective_methods(methods: Sequence[str]) -> frozenset[str]:
     return frozenset(matched)
 
 
-def wsgi_path(path: str) -> str:
+def _wsgi_path(path: str) -> str:
     """``path`` as PEP 3333 puts it in ``PATH_INFO``: its UTF-8 bytes, each read as latin-1.
 
     Servers decode the request's percent-escapes into bytes and hand them over as latin-1, so
