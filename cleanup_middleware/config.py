@@ -310,7 +310,7 @@ def _text(data: bytes, source: str) -> str:
         source,
         "",
         f"{problem}; save it as UTF-8 without a byte-order mark (your editor's encoding "
-        f"setting, or iconv -f ENCODING -t UTF-8)",
+        "setting, or iconv -f ENCODING -t UTF-8)",
     )
 
 
@@ -371,6 +371,15 @@ def _compile_hook(hook: Hook, source: str, key: str) -> _Compiled:
                 f"{prefix!r} does not start with '/'; write the path prefix from the root of "
                 f"the application, such as {'/' + prefix!r}",
             )
+        try:
+            prefix.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                source,
+                f"{key}.paths",
+                f"{prefix!r} has a lone surrogate, which no request path can hold; write the "
+                "path as text, such as '/café/'",
+            ) from None
     return _Compiled(
         fn,
         is_context,

@@ -623,6 +623,11 @@ def test_code_hooks_not_a_list() -> None:
         CleanupMiddleware(app, hooks=Hook(call=closed))  # type: ignore[arg-type]
 
 
+def test_code_hook_path_with_a_lone_surrogate() -> None:
+    with pytest.raises(ConfigError, match=r"hooks\[0\]\.paths: '/\\udce9/' has a lone surrogate"):
+        CleanupMiddleware(app, hooks=[Hook(call=closed, paths=["/\udce9/"])])
+
+
 def test_code_hook_not_callable() -> None:
     with pytest.raises(ConfigError, match=r"^hooks=\[\.\.\.\] argument: hooks\[1\]\.call: 42 is"):
         CleanupMiddleware(app, hooks=[Hook(call=closed), Hook(call=42)])  # type: ignore[arg-type]
