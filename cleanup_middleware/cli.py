@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import deferred
-from .config import ENV_VAR, ConfigError, Hook, load_config, resolve
+from .config import ENV_VAR, ConfigError, Hook, ImportInterrupted, load_config, resolve
 from .middleware import CleanupMiddleware
 
 if TYPE_CHECKING:
@@ -112,10 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{PROG} check: {exc}", file=sys.stderr)
         return 1
+    except ImportInterrupted as exc:
+        print(f"{PROG} check: {exc}", file=sys.stderr)
+        return 130  # what a shell reports for a command stopped by Ctrl-C
     count = f"{len(config.hooks)} hook{'' if len(config.hooks) == 1 else 's'}"
     print(f'{config.source}: {count}, on-hook-error = "{config.on_hook_error}"')
     rows = [("", "kind", "hook", "methods", "path prefixes")]
-    for index, hook in enumerate(config.hooks):
+    for index, (hook, compiled) in enumerate(zip(config.hooks, config.compiled, strict=True)):
         is_context = hook.context is not None
         kind, target = ("context", hook.context) if is_context else ("call", hook.call)
         if hook.defer:
@@ -125,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"hooks[{index}]",
                 kind,
                 str(target),
-                ", ".join(method.upper() for method in hook.methods) if hook.methods else "any",
+                # The methods matched (HEAD with GET); the paths as written, not as transcoded.
+                ", ".join(sorted(compiled.methods)) if compiled.methods else "any",
                 ", ".join(hook.paths) if hook.paths else "any",
             )
         )

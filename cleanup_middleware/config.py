@@ -33,6 +33,7 @@ application runs, so they run after the request's own hooks (last-registered-fir
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import importlib
 import inspect
@@ -67,6 +68,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Hook",
+    "ImportInterrupted",
     "configure",
     "load_config",
     "register",
@@ -106,6 +108,20 @@ class ConfigError(ValueError):
         self.key = key
 
 
+class ImportInterrupted(KeyboardInterrupt):
+    """A ``KeyboardInterrupt`` while a hook's module was being imported, naming where.
+
+    Still an interrupt for everything that handles one (Ctrl-C, or a module that raised it);
+    ``cleanup-middleware check`` prints it as one line instead of a traceback.
+    """
+
+    def __init__(self, source: str, key: str, module: str) -> None:
+        super().__init__(
+            f"{source}: {key}: interrupted while importing {module!r} (Ctrl-C, or the module "
+            "raised KeyboardInterrupt); run the check again, or fix that module"
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Hook:
     """A cleanup hook for every request, or for the requests its filters match.
@@ -142,8 +158,10 @@ class _Compiled(NamedTuple):
 
     fn: Callable[[WSGIEnvironment], Any]
     is_context: bool
-    methods: frozenset[str] | None  # None: every method
-    prefixes: tuple[str, ...] | None  # None: every path
+    # Upper case, with HEAD added to GET; None: every method.
+    methods: frozenset[str] | None
+    # As PEP 3333 puts them in PATH_INFO (UTF-8 bytes read as latin-1); None: every path.
+    prefixes: tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -176,7 +194,8 @@ def register(hooks: tuple[_Compiled, ...], environ: WSGIEnvironment) -> None:
     else:
         hooks = tuple(hook for hook in hooks if hook not in registered)
         environ[_REGISTERED_KEY] = registered + hooks
-    method = environ.get("REQUEST_METHOD")
+    # Werkzeug's routing upper-cases the method too, so a "post" request runs the POST view.
+    method = environ.get("REQUEST_METHOD", "").upper()
     path = environ.get("PATH_INFO", "")
     for fn, is_context, methods, prefixes in hooks:
         if (methods is None or method in methods) and (
@@ -232,7 +251,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     source = os.fspath(path)
     try:
         with open(source, "rb") as file:
-            document = tomllib.load(file)
+            data = file.read()
     except FileNotFoundError:
         raise ConfigError(
             source,
@@ -242,6 +261,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         ) from None
     except OSError as exc:
         raise ConfigError(source, "", f"cannot read it: {exc.strerror}") from exc
+    try:
+        document = tomllib.loads(_text(data, source))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"not valid TOML: {exc}; fix the syntax there") from None
     prefix = ""
@@ -300,6 +321,32 @@ def _executor(name: object, source: str, key: str) -> Executor:
             f"{type(executor).__name__}); {fix}",
         )
     return executor
+
+
+def _text(data: bytes, source: str) -> str:
+    """The file's bytes as text: TOML is UTF-8, and each way a file can fail that is named."""
+    if data.startswith(codecs.BOM_UTF8):
+        # tomllib takes the mark for the start of a statement and says only "Invalid statement".
+        problem = "starts with a UTF-8 byte-order mark, which TOML does not allow"
+    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\0" in data:
+        # UTF-16 text: a byte-order mark, or a NUL byte next to each ASCII character.
+        problem = "is UTF-16 text (or has NUL bytes), and TOML files are UTF-8"
+    else:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+            problem = (
+                f"is not UTF-8 (byte 0x{data[exc.start]:02x} at line {line}, column {column}: "
+                "latin-1 or another legacy encoding), and TOML files are UTF-8"
+            )
+    raise ConfigError(
+        source,
+        "",
+        f"{problem}; save it as UTF-8 without a byte-order mark (your editor's encoding "
+        "setting, or iconv -f ENCODING -t UTF-8)",
+    )
 
 
 def _check_keys(table: dict[str, Any], known: tuple[str, ...], source: str, prefix: str) -> None:
@@ -372,12 +419,43 @@ def _compile_hook(hook: Hook, source: str, key: str) -> _Compiled:
                 f"{prefix!r} does not start with '/'; write the path prefix from the root of "
                 f"the application, such as {'/' + prefix!r}",
             )
+        try:
+            prefix.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                source,
+                f"{key}.paths",
+                f"{prefix!r} has a lone surrogate, which no request path can hold; write the "
+                "path as text, such as '/café/'",
+            ) from None
     return _Compiled(
         fn,
         is_context,
-        frozenset(method.upper() for method in methods) if methods is not None else None,
-        prefixes,
+        _effective_methods(methods) if methods is not None else None,
+        tuple(_wsgi_path(prefix) for prefix in prefixes) if prefixes is not None else None,
     )
+
+
+def _effective_methods(methods: Sequence[str]) -> frozenset[str]:
+    """The request methods a ``methods`` filter matches: upper case, and ``HEAD`` with ``GET``.
+
+    Flask and Werkzeug answer ``HEAD`` with the ``GET`` view (a rule for ``GET`` matches
+    ``HEAD`` too), so the hooks of that view's requests apply to it as well.
+    """
+    matched = {method.upper() for method in methods}
+    if "GET" in matched:
+        matched.add("HEAD")
+    return frozenset(matched)
+
+
+def _wsgi_path(path: str) -> str:
+    """``path`` as PEP 3333 puts it in ``PATH_INFO``: its UTF-8 bytes, each read as latin-1.
+
+    Servers decode the request's percent-escapes into bytes and hand them over as latin-1, so
+    ``/café/`` arrives as ``/cafÃ©/``; converting each prefix once here keeps the per-request
+    test a plain ``startswith``.
+    """
+    return path.encode("utf-8").decode("latin-1")
 
 
 def _strings(value: object, source: str, key: str, example: str) -> tuple[str, ...] | None:
@@ -466,13 +544,34 @@ def resolve(name: str, source: str, key: str) -> Any:
         )
     try:
         obj = importlib.import_module(module_name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and f"{module_name}.".startswith(f"{exc.name}."):
+            # The named module (or a package it is in) is not there at all.
+            raise ConfigError(
+                source,
+                key,
+                f"cannot import {module_name!r} ({exc}); check the name, and that the module "
+                f"can be imported from {os.getcwd()} or the PYTHONPATH",
+            ) from exc
+        # The module is there, but something it imports is not.
         raise ConfigError(
             source,
             key,
-            f"cannot import {module_name!r} ({exc}); check the name, and that the module can "
-            f"be imported from {os.getcwd()} or the PYTHONPATH",
+            f"importing {module_name!r} failed: it imports {exc.name!r}, which is not installed "
+            f"or not on the path ({exc}); install it where the application runs, or fix that "
+            "import",
         ) from exc
+    except SystemExit as exc:
+        # Raised by the module itself: left alone, `check` would exit with its status, 0 for
+        # sys.exit(), and print nothing.
+        raise ConfigError(
+            source,
+            key,
+            f"importing {module_name!r} called sys.exit({exc.code!r}); a hook module must not "
+            'exit when imported: move that code under if __name__ == "__main__":',
+        ) from exc
+    except KeyboardInterrupt as exc:
+        raise ImportInterrupted(source, key, module_name) from exc
     except Exception as exc:
         raise ConfigError(
             source,

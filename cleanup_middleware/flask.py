@@ -5,15 +5,21 @@
 ``send_file`` responses keep their ``call_on_close`` callbacks and their ``sendfile()``), and
 tells context managers entered with :func:`~cleanup_middleware.enter_context` about an
 exception that escaped a view, also when an error handler or Flask turned it into a response.
+
+An application may set ``app.response_class`` after :func:`init_app` (an extension, a factory
+that configures it later), which would drop ``call_on_close`` for ``send_file`` again; so the
+class is checked as each request starts, and a new one gets the mixin then (one ``issubclass``
+test per request otherwise). Flask converts every response a view returns to that class.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, got_request_exception, request
+from werkzeug.wrappers import Response
 
 from .cleanup import ENVIRON_KEY
 from .deferred import defer as defer_for_environ
@@ -21,11 +27,15 @@ from .middleware import CleanupMiddleware
 from .response import CleanupResponseMixin
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Iterable
+
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from .cleanup import ResponseCleanup
 
 __all__ = ["defer", "init_app"]
+
+_R = TypeVar("_R", bound=Response)
 
 
 def init_app(app: Flask, **options: Any) -> Flask:
@@ -46,11 +56,11 @@ def init_app(app: Flask, **options: Any) -> Flask:
             response.call_on_close(lambda: os.unlink(path))
             return response
     """
-    if not issubclass(app.response_class, CleanupResponseMixin):
-        base = app.response_class
-        app.response_class = type(base.__name__, (CleanupResponseMixin, base), {})
+    _mix_into_response_class(app)
     if not isinstance(app.wsgi_app, CleanupMiddleware):
-        app.wsgi_app = CleanupMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
+        app.wsgi_app = CleanupMiddleware(  # type: ignore[method-assign]
+            _MixingResponseClass(app, app.wsgi_app), **options
+        )
     if not hasattr(app.handle_user_exception, "records_failures"):
         app.handle_user_exception = _recording_failures(  # type: ignore[method-assign,assignment]
             app.handle_user_exception
@@ -58,6 +68,43 @@ def init_app(app: Flask, **options: Any) -> Flask:
     # Errors outside the view (after_request functions, say) reach Flask's handle_exception.
     got_request_exception.connect(_record_failure, app)
     return app
+
+
+def _mix_into_response_class(app: Flask) -> None:
+    if not issubclass(app.response_class, CleanupResponseMixin):
+        app.response_class = _with_cleanup(app.response_class)
+
+
+class _MixingResponseClass:
+    """Flask's ``wsgi_app``, run once ``app.response_class`` has the mixin, whenever it was set."""
+
+    __slots__ = ("flask_app", "wsgi_app")
+
+    def __init__(self, flask_app: Flask, wsgi_app: WSGIApplication) -> None:
+        self.flask_app = flask_app
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        # _mix_into_response_class(), inlined: this runs for every request.
+        app = self.flask_app
+        if not issubclass(app.response_class, CleanupResponseMixin):
+            app.response_class = _with_cleanup(app.response_class)
+        return self.wsgi_app(environ, start_response)
+
+
+# One mixed class per response class, made when first needed.
+_mixed_classes: dict[type[Response], type[Response]] = {}
+
+
+def _with_cleanup(base: type[_R]) -> type[_R]:
+    """``base`` with :class:`CleanupResponseMixin` mixed in."""
+    mixed = _mixed_classes.get(base)
+    if mixed is None:
+        # setdefault: two threads making the first at once end up with the same class.
+        mixed = _mixed_classes.setdefault(
+            base, type(base.__name__, (CleanupResponseMixin, base), {})
+        )
+    return mixed  # type: ignore[return-value]
 
 
 def _recording_failures(

@@ -176,6 +176,64 @@ def test_gunicorn_factory_syntax_with_a_bad_config(tmp_path: Path) -> None:
     assert f"cleanup.toml: {BAD_MESSAGE}" in result.stderr
 
 
+def test_gunicorn_factory_syntax_with_a_config_not_in_utf8(tmp_path: Path) -> None:
+    (tmp_path / "cleanup.toml").write_bytes(CONFIG.replace("/api/", "/café/").encode("latin-1"))
+    factory = f'cleanup_middleware:wrap("{HOOKS}:app", config="cleanup.toml")'
+    command = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "1", factory]
+    result = start_and_fail(command, tmp_path)
+    assert result.returncode != 0
+    assert "cleanup.toml: is not UTF-8 (byte 0xe9 at line 7, column 15" in result.stderr
+    assert "UnicodeDecodeError" not in result.stderr
+
+
+# The hooks' filters against real servers' environs: a non-ASCII path as PEP 3333 passes it (the
+# request's UTF-8 bytes read as latin-1), and a lower-case method, which werkzeug's dev server
+# passes on as it came (gunicorn refuses one with 400).
+FILTER_CONFIG = f"""
+[[hooks]]
+call = "{HOOKS}:closed"
+paths = ["/café/"]
+
+[[hooks]]
+context = "{HOOKS}:transaction"
+methods = ["POST"]
+"""
+
+
+@pytest.mark.parametrize("server_name", ["werkzeug", "gunicorn-sync"])
+def test_non_ascii_path_and_lower_case_method_filters_on_a_real_server(
+    tmp_path: Path, records: Path, server_name: str
+) -> None:
+    config = tmp_path / "cleanup.toml"
+    config.write_text(FILTER_CONFIG, encoding="utf-8")
+    # Only gunicorn takes the factory syntax: a module of the test's own wraps the app, with the
+    # config named in the environment.
+    (tmp_path / "filtered_app.py").write_text(
+        f"from cleanup_middleware import wrap\napplication = wrap({HOOKS + ':app'!r})\n"
+    )
+    post = "post" if server_name == "werkzeug" else "POST"
+    # (method, path, what the request's hooks record, in order)
+    cases = [
+        ("GET", "/caf%C3%A9/menu", [("own", None), ("closed", "GET")]),
+        ("GET", "/cafe/menu", [("own", None)]),
+        (post, "/orders", [("enter", None), ("own", None), ("exit", None)]),
+        ("GET", "/barrier", [("own", None)]),
+    ]
+    env = {RECORD_DIR_ENV: str(records), ENV_VAR: str(config)}
+    with run_server(
+        server_name, "filtered_app:application", env=env, pythonpath=[tmp_path], log_dir=tmp_path
+    ) as server:
+        tokens = []
+        for method, path, expected in cases:
+            token = uuid.uuid4().hex
+            tokens.append(token)
+            assert send(server, method, f"{path}?token={token}") == 200, server.describe()
+            wait_for_records(records, lambda rs, t=token, e=expected: len(events(rs, t)) >= len(e))
+        final = read_records(records)
+    for (method, path, expected), token in zip(cases, tokens, strict=True):
+        assert events(final, token) == expected, (method, path, server.describe())
+
+
 # --- cleanup-middleware serve -----------------------------------------------------------------
 
 
@@ -255,6 +313,84 @@ def test_check_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"cleanup-middleware check: {path}: {BAD_MESSAGE}; check the spelling\n"
+
+
+def test_check_shows_paths_as_written_and_head_with_get(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cleanup.toml"
+    path.write_text(
+        f'[[hooks]]\ncall = "{HOOKS}:closed"\nmethods = ["post", "GET"]\npaths = ["/café/"]\n',
+        encoding="utf-8",
+    )
+    assert main(["check", str(path)]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row == ["hooks[0]", "call", f"{HOOKS}:closed", "GET,", "HEAD,", "POST", "/café/"]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (BAD_CONFIG.replace("closd", "clos\xe9").encode("latin-1"), "is not UTF-8 (byte 0xe9"),
+        (b"\xef\xbb\xbf" + CONFIG.encode(), "starts with a UTF-8 byte-order mark"),
+    ],
+    ids=["latin-1", "utf-8-with-a-byte-order-mark"],
+)
+def test_check_a_config_not_in_utf8(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes, problem: str
+) -> None:
+    path = tmp_path / "cleanup.toml"
+    path.write_bytes(data)
+    assert main(["check", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"cleanup-middleware check: {path}: {problem}")
+    assert captured.err.endswith(
+        "save it as UTF-8 without a byte-order mark (your editor's "
+        "encoding setting, or iconv -f ENCODING -t UTF-8)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("module_text", "status", "message"),
+    [
+        (
+            "import sys\nsys.exit()\n",
+            1,
+            "hooks[0].call: importing 'misbehaving_hooks' called sys.exit(None); a hook module "
+            "must not exit when imported",
+        ),
+        (
+            "import sys\nsys.exit(0)\n",
+            1,
+            "hooks[0].call: importing 'misbehaving_hooks' called sys.exit(0)",
+        ),
+        (
+            "raise KeyboardInterrupt\n",
+            130,
+            "hooks[0].call: interrupted while importing 'misbehaving_hooks'",
+        ),
+    ],
+    ids=["sys.exit()", "sys.exit(0)", "KeyboardInterrupt"],
+)
+def test_check_a_hook_module_that_exits_or_is_interrupted_at_import(
+    tmp_path: Path, module_text: str, status: int, message: str
+) -> None:
+    """The installed command fails CI, with one line naming the file and entry, no traceback."""
+    (tmp_path / "misbehaving_hooks.py").write_text(module_text)
+    path = tmp_path / "cleanup.toml"
+    path.write_text('[[hooks]]\ncall = "misbehaving_hooks:f"\n')
+    result = subprocess.run(
+        [str(SCRIPT), "check", str(path)],
+        env=serverkit._child_env({}, (tmp_path,)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == status, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"cleanup-middleware check: {path}: {message}"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
 
 
 def test_check_uses_the_environment(

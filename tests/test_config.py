@@ -211,6 +211,49 @@ def test_path_and_method_filters(tmp_path: Path) -> None:
     assert run(wrapped, "POST", "/api")[2:] == []  # a prefix, not a pattern
 
 
+def test_non_ascii_path_prefix_matches_the_path_as_the_application_sees_it(
+    tmp_path: Path,
+) -> None:
+    # PEP 3333: PATH_INFO holds the request's UTF-8 bytes read as latin-1, so "/café/x" arrives
+    # as "/cafÃ©/x"; werkzeug's EnvironBuilder makes it so, as servers do.
+    config = toml(tmp_path, f'[[hooks]]\ncall = "{HERE}:closed"\npaths = ["/café/", "/日本/"]\n')
+    wrapped = CleanupMiddleware(app, config=config)
+    for path in ("/café/x", "/caf%C3%A9/x", "/日本/y"):
+        wsgi_path = create_environ(path)["PATH_INFO"]
+        assert run(wrapped, path=path)[2:] == [("closed", "GET", wsgi_path)], path
+    assert run(wrapped, path="/cafe/x")[2:] == []
+    # The hook as declared keeps the path as written: that is what `check` shows.
+    assert load_config(config).hooks[0].paths == ["/café/", "/日本/"]
+
+
+def test_request_method_compared_in_upper_case(tmp_path: Path) -> None:
+    config = toml(tmp_path, f'[[hooks]]\ncall = "{HERE}:closed"\nmethods = ["POST"]\n')
+    wrapped = CleanupMiddleware(app, config=config)
+    # Werkzeug's dev server passes a "post" request on as it came, and Flask routes it to the
+    # POST view (Werkzeug's routing upper-cases the method): the hook applies to it too.
+    assert run(wrapped, "post", "/l")[2:] == [("closed", "post", "/l")]
+    assert run(wrapped, "Post", "/l")[2:] == [("closed", "Post", "/l")]
+    assert run(wrapped, "GET", "/l")[2:] == []
+
+
+def test_get_filter_matches_head_as_flask_routing_does(tmp_path: Path) -> None:
+    config = toml(
+        tmp_path,
+        f"""
+        [[hooks]]
+        call = "{HERE}:closed"
+        methods = ["GET"]
+        [[hooks]]
+        call = "{HERE}:closed_too"
+        methods = ["HEAD"]
+        """,
+    )
+    wrapped = CleanupMiddleware(app, config=config)
+    assert run(wrapped, "HEAD", "/h")[2:] == [("closed_too", "/h"), ("closed", "HEAD", "/h")]
+    # HEAD alone does not bring GET with it.
+    assert run(wrapped, "GET", "/h")[2:] == [("closed", "GET", "/h")]
+
+
 def test_hooks_in_code_take_callables_or_names() -> None:
     wrapped = CleanupMiddleware(
         app,
@@ -443,14 +486,102 @@ def test_bad_toml_names_the_line(tmp_path: Path) -> None:
         load_config(path)
 
 
-def test_module_that_fails_to_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "broken_hooks_module.py").write_text("raise RuntimeError('boom at import')\n")
+# (module name, its text, what importing it raises, how the message goes on after the entry)
+BROKEN_MODULES = [
+    pytest.param(
+        "raises_at_import",
+        "raise RuntimeError('boom at import')\n",
+        ConfigError,
+        "importing 'raises_at_import' raised RuntimeError: boom at import; fix that module",
+        id="raises",
+    ),
+    pytest.param(
+        "needs_a_dependency",
+        "import no_such_dependency_x\n",
+        ConfigError,
+        "importing 'needs_a_dependency' failed: it imports 'no_such_dependency_x', which is not "
+        "installed or not on the path",
+        id="missing-dependency",
+    ),
+    pytest.param(
+        "exits_at_import",
+        "import sys\nsys.exit()\n",
+        ConfigError,
+        "importing 'exits_at_import' called sys.exit(None); a hook module must not exit when "
+        "imported",
+        id="sys.exit",
+    ),
+    pytest.param(
+        "interrupted_at_import",
+        "raise KeyboardInterrupt\n",
+        KeyboardInterrupt,  # still an interrupt, naming where
+        "interrupted while importing 'interrupted_at_import'",
+        id="KeyboardInterrupt",
+    ),
+]
+
+
+@pytest.mark.parametrize(("module", "text", "raised", "message"), BROKEN_MODULES)
+def test_hook_module_that_fails_at_import(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    text: str,
+    raised: type[BaseException],
+    message: str,
+) -> None:
+    (tmp_path / f"{module}.py").write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path))
-    path = toml(tmp_path, '[[hooks]]\ncall = "broken_hooks_module:f"\n')
-    with pytest.raises(ConfigError) as info:
+    path = toml(tmp_path, f'[[hooks]]\ncall = "{module}:f"\n')
+    with pytest.raises(raised) as info:
         CleanupMiddleware(app, config=path)
-    assert str(info.value).startswith(f"{path}: hooks[0].call: importing 'broken_hooks_module'")
-    assert "RuntimeError: boom at import; fix that module" in str(info.value)
+    assert str(info.value).startswith(f"{path}: hooks[0].call: {message}"), str(info.value)
+    assert "check the name" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["no_such_package_x.hooks", "cleanup_middleware.no_such_module"])
+def test_hook_module_that_is_not_there_says_check_the_name(tmp_path: Path, name: str) -> None:
+    path = toml(tmp_path, f'[[hooks]]\ncall = "{name}:f"\n')
+    with pytest.raises(ConfigError, match=rf"cannot import '{name}' .*; check the name"):
+        CleanupMiddleware(app, config=path)
+
+
+# (file bytes, what the message says the file is)
+UNREADABLE_ENCODINGS = [
+    pytest.param(
+        f'[[hooks]]\ncall = "{HERE}:closed"\npaths = ["/café/"]\n'.encode("latin-1"),
+        "is not UTF-8 (byte 0xe9 at line 3, column 15",
+        id="latin-1",
+    ),
+    pytest.param(
+        f'[[hooks]]\ncall = "{HERE}:closed"\n'.encode("utf-16"), "is UTF-16 text", id="utf-16"
+    ),
+    pytest.param(
+        f'[[hooks]]\ncall = "{HERE}:closed"\n'.encode("utf-16-le"),
+        "is UTF-16 text",
+        id="utf-16-without-a-byte-order-mark",
+    ),
+    pytest.param(
+        f'[[hooks]]\ncall = "{HERE}:closed"\n'.encode("utf-8-sig"),
+        "starts with a UTF-8 byte-order mark, which TOML does not allow",
+        id="utf-8-with-a-byte-order-mark",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "problem"), UNREADABLE_ENCODINGS)
+def test_config_file_not_in_utf8(tmp_path: Path, data: bytes, problem: str) -> None:
+    path = tmp_path / "cleanup.toml"
+    path.write_bytes(data)
+    for build in (lambda: CleanupMiddleware(app, config=path), lambda: wrap(app, config=path)):
+        with pytest.raises(ConfigError) as info:
+            build()
+        message = str(info.value)
+        assert message.startswith(f"{path}: {problem}"), message
+        assert message.endswith(
+            "; save it as UTF-8 without a byte-order mark (your editor's "
+            "encoding setting, or iconv -f ENCODING -t UTF-8)"
+        )
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -490,6 +621,11 @@ def test_code_hooks_not_hook_objects() -> None:
 def test_code_hooks_not_a_list() -> None:
     with pytest.raises(ConfigError, match=r"hooks=\[\.\.\.\] argument: hooks: expected a list"):
         CleanupMiddleware(app, hooks=Hook(call=closed))  # type: ignore[arg-type]
+
+
+def test_code_hook_path_with_a_lone_surrogate() -> None:
+    with pytest.raises(ConfigError, match=r"hooks\[0\]\.paths: '/\\udce9/' has a lone surrogate"):
+        CleanupMiddleware(app, hooks=[Hook(call=closed, paths=["/\udce9/"])])
 
 
 def test_code_hook_not_callable() -> None:

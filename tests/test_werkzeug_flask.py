@@ -6,6 +6,7 @@ test_servers.py does the same through real servers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from werkzeug.wrappers import Request, Response
 import cleanup_middleware.flask
 from cleanup_middleware import CleanupMiddleware, enter_context
 from cleanup_middleware.response import CleanupResponse, CleanupResponseMixin
+
+FRAMEWORKS_DOC = Path(__file__).resolve().parent.parent / "docs" / "frameworks.md"
 
 
 def environ_for(path: str = "/", method: str = "GET") -> dict[str, Any]:
@@ -118,6 +121,35 @@ def test_init_app_is_idempotent_and_keeps_the_apps_response_class() -> None:
     assert isinstance(app.wsgi_app, CleanupMiddleware)
 
 
+def test_response_class_set_after_init_app_keeps_call_on_close_and_the_file_wrapper(
+    tmp_path: Path,
+) -> None:
+    class LaterResponse(Flask.response_class):
+        default_mimetype = "text/csv"
+
+    app = Flask(__name__)
+    cleanup_middleware.flask.init_app(app)
+    app.response_class = LaterResponse  # an extension or a factory, after init_app
+    closed: list[str] = []
+    path = tmp_path / "late.csv"
+
+    @app.get("/late")
+    def late() -> Response:
+        path.write_bytes(b"a,b")
+        response = send_file(path)
+        assert isinstance(response, LaterResponse), "the app's own class, the mixin added"
+        response.call_on_close(lambda: closed.append("late"))
+        response.call_on_close(path.unlink)
+        return response
+
+    for _ in range(2):
+        body, data = serve(app, environ_for("/late"))
+        assert isinstance(body, FileWrapper), "gunicorn must still see its own file wrapper"
+        assert data == b"a,b"
+    assert closed == ["late", "late"]
+    assert not path.exists()
+
+
 def test_flask_error_page_tells_context_managers_the_request_failed() -> None:
     app = Flask(__name__)
     cleanup_middleware.flask.init_app(app)
@@ -184,3 +216,13 @@ def test_cleanup_response_without_middleware_raises_instead_of_dropping() -> Non
     response = CleanupResponse(generate(), direct_passthrough=True)
     with pytest.raises(RuntimeError, match="CleanupMiddleware"):
         response(environ_for(), lambda status, headers, exc_info=None: None)
+
+
+def test_the_documented_way_to_test_a_flask_app_closes_the_response(tmp_path: Path) -> None:
+    """The example of docs/frameworks.md, "Testing code that uses it", run as written there."""
+    section = FRAMEWORKS_DOC.read_text(encoding="utf-8").split("### Testing code that uses it")[1]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None, "no python block in the testing section of docs/frameworks.md"
+    namespace: dict[str, Any] = {"__name__": "frameworks_doc_example"}
+    exec(compile(match.group(1), str(FRAMEWORKS_DOC), "exec"), namespace)
+    namespace["test_the_report_is_deleted_once_sent"](tmp_path)
