@@ -32,12 +32,23 @@ from typing import Any
 
 import pytest
 from apps.fault_client import CLIENTS, Outcome, request
+from apps.fault_mod_wsgi import mod_wsgi_missing, run_mod_wsgi
 from apps.fault_uwsgi import run_uwsgi, uwsgi_missing
-from serverkit import RECORD_DIR_ENV, SERVERS, Server, read_records, run_server
+from serverkit import (
+    MORE_SERVERS,
+    RECORD_DIR_ENV,
+    SERVERS,
+    Server,
+    read_records,
+    run_server,
+    server_missing,
+)
 
 APP = "fault_app:application"
 TMP_DIR_ENV = "CLEANUP_TMP_DIR"  # fault_app.TMP_DIR_ENV
-SERVER_KINDS = (*SERVERS, "uwsgi")
+SERVER_KINDS = (*SERVERS, "uwsgi", *MORE_SERVERS, "mod_wsgi")
+# The servers without a wsgi.file_wrapper: a send_file body is werkzeug's own wrapper there.
+NO_FILE_WRAPPER = ("werkzeug", "cheroot")
 
 FULL = 200 * 1024 + 17  # read whole: several chunks, not a round number
 # Far more than the socket buffers hold, so a client that leaves is noticed mid-body. Files are
@@ -128,6 +139,10 @@ def site(
     name: str = request.param
     if name == "uwsgi" and (missing := uwsgi_missing()):
         pytest.skip(missing)
+    if name == "mod_wsgi" and (missing := mod_wsgi_missing()):
+        pytest.skip(missing)
+    if name in MORE_SERVERS and (missing := server_missing(name)):
+        pytest.skip(missing)
     base = tmp_path_factory.mktemp(name)
     records, files = base / "records", base / "files"
     records.mkdir()
@@ -135,6 +150,8 @@ def site(
     env = {RECORD_DIR_ENV: str(records), TMP_DIR_ENV: str(files)}
     if name == "uwsgi":
         manager = run_uwsgi(APP, env=env, log_dir=base)
+    elif name == "mod_wsgi":
+        manager = run_mod_wsgi(APP, env=env, log_dir=base)
     else:
         manager = run_server(name, APP, env=env, log_dir=base)
     with manager as server:
@@ -266,7 +283,7 @@ def test_fault_matrix(site: Site, name: str, client: str) -> None:
     if name == "send_file":
         [returned] = [r["kind"] for r in records if r["event"] == "returned"]
         FILE_BODIES[site.name] = returned
-        if site.name != "werkzeug":  # the only one of them without a wsgi.file_wrapper
+        if site.name not in NO_FILE_WRAPPER:
             assert returned != "ResponseCleanup", "the server's file wrapper was hidden"
     assert site.server.alive(), site.server.describe()
     RESULTS[(site.name, name, client)] = str(outcome.status or "-") + (
