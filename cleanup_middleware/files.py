@@ -12,8 +12,9 @@ application runs: it hands the server's wrapper a :class:`ClosingFile`, a proxy 
 ``fileno()``, ``read()``, ``seek()`` and ``tell()`` are the file's own and whose ``close()`` runs
 the cleanup. The server still finds a file descriptor to ``sendfile()`` from.
 
-A file-like body that has to be wrapped after all is iterated in bounded blocks, not by lines:
-a binary file can be one long line.
+A file-like body that the server would iterate (an open file returned whole, where the server
+has no file wrapper or does not recognise it) is iterated in bounded blocks, not by lines: a
+binary file can be one long line.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from typing import Any
 
 from .cleanup import ResponseCleanup, _log_unpatchable
 
-__all__ = ["FILE_WRAPPER_KEY", "ClosingFile", "FileWrapperSubstitute", "needs_substitute"]
+__all__ = [
+    "FILE_WRAPPER_KEY",
+    "ClosingFile",
+    "FileWrapperSubstitute",
+    "RestoringClose",
+    "needs_substitute",
+    "serve_app_file",
+]
 
 FILE_WRAPPER_KEY = "wsgi.file_wrapper"
 #: The block size of a wrapped file body (what werkzeug's and gunicorn's wrappers read at most
@@ -134,56 +142,60 @@ class RestoringClose:
     :param own_close: its ``close`` before that.
     """
 
-    __slots__ = ("body", "own_close")
+    __slots__ = ("body", "own_attribute", "own_close")
 
     def __init__(self, body: object, own_close: Callable[[], object]) -> None:
         self.body = body
         self.own_close = own_close
+        # Whether close was the object's own attribute (gunicorn's wrapper sets one), not its
+        # class's method.
+        self.own_attribute = "close" in getattr(body, "__dict__", ())
 
     def __call__(self) -> object:
         body, own_close = self.body, self.own_close
         self.body = None
         with contextlib.suppress(Exception):
-            del body.close  # type: ignore[attr-defined]
-            if getattr(body, "close", None) != own_close:
+            if self.own_attribute:
                 body.close = own_close  # type: ignore[attr-defined]
+            else:
+                del body.close  # type: ignore[attr-defined]
         return own_close()
 
 
-def _in_blocks(body: Any) -> Iterable[bytes]:
-    """``body``'s bytes in blocks of :data:`BLOCK_SIZE`, read by C code: nothing of ours runs per
-    block. (Iterating a file yields lines, and a binary file can be a single line.)"""
-    return iter(partial(body.read, BLOCK_SIZE), b"")
-
-
-def adopt_app_file(
-    cleanup: ResponseCleanup, body: Any, close_body: Callable[[], object]
+def serve_app_file(
+    cleanup: ResponseCleanup, body: Any, close_body: Callable[[], object], by_identity: bool
 ) -> Iterable[bytes]:
-    """Hand the server an application's own file-like body, closing into ``cleanup``.
+    """What to hand the server for a file-like body the application returned whole.
 
-    The same object, with its ``close`` pointed at the cleanup and given back at close, so that
-    a server that recognises it (uWSGI, by identity) still sends it. Wrapped instead, iterated
-    in blocks, when it refuses the attribute or when another response is still sending it (its
-    ``close`` is that response's): each response then gets the body's own ``close()`` once and
-    only its own hooks.
+    With ``by_identity`` (a server whose file wrapper returns the file itself, as uWSGI's does,
+    and which sends it when it gets that very object back): the same object, its ``close``
+    pointed at the cleanup and given back at close. Elsewhere, and when the object refuses the
+    attribute or another response is still sending it (its ``close`` is that response's), the
+    cleanup itself, iterating the file in blocks. Each response gets the body's own ``close()``
+    once and only its own hooks.
     """
     if type(close_body) is MethodType and isinstance(close_body.__self__, ResponseCleanup):
         # In flight for another response: its own close() is what that response holds.
         held = close_body.__self__._close_body
         own = held.own_close if isinstance(held, RestoringClose) else None
         return _wrap(cleanup, body, own)
+    if not by_identity:
+        return _wrap(cleanup, body, close_body)
+    restoring_close = RestoringClose(body, close_body)
     try:
         body.close = cleanup.close
     except (AttributeError, TypeError):
         _log_unpatchable(type(body))
         return _wrap(cleanup, body, close_body)
-    cleanup._close_body = RestoringClose(body, close_body)
+    cleanup._close_body = restoring_close
     return body
 
 
 def _wrap(
     cleanup: ResponseCleanup, body: Any, close_body: Callable[[], object] | None
 ) -> ResponseCleanup:
-    cleanup._body = _in_blocks(body)
+    # Iterating a file yields lines, and a binary file can be one long line: read blocks, by C
+    # code (nothing of ours runs per block).
+    cleanup._body = iter(partial(body.read, BLOCK_SIZE), b"")
     cleanup._close_body = close_body
     return cleanup

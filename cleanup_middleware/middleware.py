@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .cleanup import ENVIRON_KEY, RaisingResponseCleanup, ResponseCleanup
 from .config import configure, register
-from .files import FILE_WRAPPER_KEY, FileWrapperSubstitute, adopt_app_file, needs_substitute
+from .files import FILE_WRAPPER_KEY, FileWrapperSubstitute, needs_substitute, serve_app_file
 
 if TYPE_CHECKING:
     import os
@@ -147,9 +147,15 @@ class CleanupMiddleware:
                     if cleanup.adopt_file_body(body, close_body):
                         return body
                 elif hasattr(body, "read"):
-                    # An open file the application returned whole, which uWSGI sends when it
-                    # is the very object its file_wrapper was given.
-                    return adopt_app_file(cleanup, body, close_body)
+                    # An open file the application returned whole: a file wrapper that is
+                    # neither absent, a class nor stood in for returns the file itself
+                    # (uWSGI's), and its server sends the very object it was given.
+                    by_identity = (
+                        file_wrapper is not None
+                        and substitute is None
+                        and file_wrapper is not self._file_wrapper_class
+                    )
+                    return serve_app_file(cleanup, body, close_body, by_identity)
         except Exception:
             # A body whose attribute lookup raises: served as a plain iterable, closed with
             # the close() found, if any. Its hooks run all the same.

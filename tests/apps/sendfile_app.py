@@ -1,7 +1,7 @@
 """The app of ``tests/test_server_sendfile.py``: the same ``send_file`` with and without us.
 
 * ``/bare/file?token=T&size=N``: werkzeug's ``send_file`` of a fresh sparse file, as shipped,
-  outside any middleware (the file is unlinked once open, so nothing is left behind);
+  outside any middleware (the test removes those files, named ``bare-*``);
 * ``/ours/file?token=T&size=N``: the same inside ``CleanupMiddleware``, the file deleted by an
   ``add_cleanup`` hook that records ``deleted`` (with ``existed``);
 * ``/hello?token=T``: a list body with a hook that records ``hook``: the barrier request.
@@ -12,7 +12,6 @@ Records go through :func:`serverkit.record` to ``$CLEANUP_RECORD_DIR``; files ar
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
@@ -26,6 +25,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 OCTETS = "application/octet-stream"
+#: The name prefix of the files of the bare route.
+BARE_PREFIX = "bare-"
 
 
 def _query(environ: WSGIEnvironment) -> tuple[str, int]:
@@ -35,13 +36,9 @@ def _query(environ: WSGIEnvironment) -> tuple[str, int]:
 
 def bare(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     token, size = _query(environ)
-    path = make_temp_file(token, size)
-    file = open(path, "rb")
-    os.unlink(path)
-    response = send_file(file, environ, mimetype=OCTETS, download_name="data.bin")
-    # Known without a stat of the (unlinked) path: some servers send by sendfile() only then.
-    response.content_length = size
-    return response(environ, start_response)
+    # Left for the test to remove: nothing outside the middleware would delete it.
+    path = make_temp_file(token, size, prefix=BARE_PREFIX)
+    return send_file(path, environ, mimetype=OCTETS)(environ, start_response)
 
 
 def ours_raw(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
