@@ -188,7 +188,7 @@ def serve_app_file(
         _log_unpatchable(type(body))
         return _wrap(cleanup, body, close_body)
     cleanup._close_body = restoring_close
-    return body
+    return body  # type: ignore[no-any-return]
 
 
 def _wrap(

@@ -60,8 +60,8 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "HOST",
-    "RECORD_DIR_ENV",
     "MORE_SERVERS",
+    "RECORD_DIR_ENV",
     "SENDFILE_SERVERS",
     "SERVERS",
     "Disconnected",
@@ -275,9 +275,7 @@ def _command(
         return [*cmd, app]
     if name in SERVERS or name in MORE_SERVERS:
         return [sys.executable, os.fspath(Path(__file__).resolve()), name, str(fd), app]
-    raise ValueError(
-        f"unknown server {name!r}; choose from {', '.join((*SERVERS, *MORE_SERVERS))}"
-    )
+    raise ValueError(f"unknown server {name!r}; choose from {', '.join((*SERVERS, *MORE_SERVERS))}")
 
 
 def _child_env(

@@ -73,7 +73,7 @@ def test_reused_body_gets_its_own_close_once_per_response_and_is_left_as_made() 
     app = asset_app(asset, events)
     for n in range(3):
         body = request(app, str(n))
-        assert b"".join(iter(lambda: body.read(4), b"")) == b"asset bytes", f"response {n}"
+        assert body.read() == b"asset bytes", f"response {n}"
         body.close()
         assert "close" not in vars(asset), "the app's object is left as it made it"
     assert events == ["asset closed", "hook 0", "asset closed", "hook 1", "asset closed", "hook 2"]
@@ -268,7 +268,9 @@ def test_c_server_file_wrapper_inside_another_body_closes_the_file_then_the_hook
         files.append(open(path, "rb"))
         return RangeBody(environ["wsgi.file_wrapper"](files[0]))
 
-    body = CleanupMiddleware(app)(make_environ(**{"wsgi.file_wrapper": CFileWrapper}), start_response)
+    body = CleanupMiddleware(app)(
+        make_environ(**{"wsgi.file_wrapper": CFileWrapper}), start_response
+    )
     assert b"".join(body) == b"0123456789"
     body.close()
     body.close()

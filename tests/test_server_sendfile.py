@@ -72,6 +72,9 @@ CUTS_BARE_SHORT = ("meinheld",)
 ALL_SERVERS = (*SERVERS, "uwsgi", *MORE_SERVERS, "mod_wsgi", "mod_wsgi-embedded")
 STRACE = shutil.which("strace")
 
+# About a minute for every server: make test-servers runs it, make test does not.
+pytestmark = pytest.mark.servers
+
 
 def _missing(name: str) -> str | None:
     if STRACE is None:

@@ -34,7 +34,9 @@ APPS_DIR = TESTS_DIR / "apps"
 # Apache's user must be able to read the interpreter, and a Python under /root (pyenv) it
 # cannot. $MOD_WSGI_EXPRESS names another.
 EXPRESS = Path(
-    os.environ.get("MOD_WSGI_EXPRESS", TESTS_DIR.parent / ".venv-apache" / "bin" / "mod_wsgi-express")
+    os.environ.get(
+        "MOD_WSGI_EXPRESS", TESTS_DIR.parent / ".venv-apache" / "bin" / "mod_wsgi-express"
+    )
 )
 
 _SCRIPT = """\
