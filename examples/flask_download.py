@@ -16,9 +16,9 @@ that the file was sent and then deleted.
 from __future__ import annotations
 
 import os
-import tempfile
 
 from flask import Flask, Response, request, send_file
+from reports import make_report, report_size
 
 import cleanup_middleware.flask
 
@@ -30,21 +30,9 @@ cleanup_middleware.flask.init_app(app)
 TMP_DIR = os.environ.get("FLASK_DOWNLOAD_TMPDIR") or None
 
 
-def make_report(size: int) -> str:
-    """Stand-in for real work: write ``size`` bytes to a new temporary file, return its path."""
-    fd, path = tempfile.mkstemp(prefix="report-", suffix=".txt", dir=TMP_DIR)
-    line = b"cleanup-middleware: this file is deleted after the response\n"
-    with os.fdopen(fd, "wb") as f:
-        for _ in range(size // len(line)):
-            f.write(line)
-        f.write(line[: size % len(line)])
-    return path
-
-
 @app.get("/download")
 def download() -> Response:
-    size = min(int(request.args.get("size", 8 * 1024 * 1024)), 1024 * 1024 * 1024)
-    path = make_report(size)
+    path = make_report(report_size(request.args.get("size")), TMP_DIR)
     response = send_file(path, as_attachment=True, download_name="report.txt")
     # Runs after the server has sent the body and closed the file.
     response.call_on_close(lambda: os.unlink(path))

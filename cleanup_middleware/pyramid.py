@@ -1,0 +1,56 @@
+"""Pyramid: ``request.add_cleanup`` and ``request.enter_context``, with one ``config.include``.
+
+Pyramid's own ``request.add_finished_callback`` callbacks run when the router has the response,
+before the server has sent a byte of its body, so they cannot delete a file that the body is
+still sending, nor hold a resource open while it streams. ``config.include`` of this module adds
+two request methods that register with :class:`~cleanup_middleware.CleanupMiddleware` instead,
+whose hooks run when the server closes the response:
+
+* ``request.add_cleanup(fn, *args, **kwargs)``, as :func:`cleanup_middleware.add_cleanup`;
+* ``request.enter_context(cm)``, as :func:`cleanup_middleware.enter_context`.
+
+The WSGI application that ``Configurator.make_wsgi_app()`` returns must still be wrapped in the
+middleware (or the middleware be put in its PasteDeploy pipeline): without it the methods raise
+the ``RuntimeError`` of ``add_cleanup``, which says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+from pyramid.config import Configurator  # type: ignore[import-untyped]
+from pyramid.request import Request  # type: ignore[import-untyped]
+
+from .cleanup import add_cleanup, enter_context
+
+__all__ = ["includeme"]
+
+T = TypeVar("T")
+
+
+def includeme(config: Configurator) -> None:
+    """Add ``request.add_cleanup`` and ``request.enter_context``; run by ``config.include``.
+
+    Example::
+
+        with Configurator() as config:
+            config.include("cleanup_middleware.pyramid")
+            ...
+            app = CleanupMiddleware(config.make_wsgi_app())
+    """
+    config.add_request_method(request_add_cleanup, "add_cleanup")
+    config.add_request_method(request_enter_context, "enter_context")
+
+
+def request_add_cleanup(
+    request: Request, fn: Callable[..., object], /, *args: Any, **kwargs: Any
+) -> None:
+    """``request.add_cleanup(fn, *args, **kwargs)``: ``fn`` runs once this response is closed."""
+    add_cleanup(request.environ, fn, *args, **kwargs)
+
+
+def request_enter_context(request: Request, cm: AbstractContextManager[T], /) -> T:
+    """``request.enter_context(cm)``: enter ``cm`` now, exit it when this response is closed."""
+    return enter_context(request.environ, cm)
