@@ -37,8 +37,7 @@ __all__ = [
 ]
 
 FILE_WRAPPER_KEY = "wsgi.file_wrapper"
-#: The block size of a wrapped file body (what werkzeug's and gunicorn's wrappers read at most
-#: is smaller; this keeps the number of Python-level reads low without holding much memory).
+#: How much of a wrapped file body is read at a time: few reads, little memory held.
 BLOCK_SIZE = 64 * 1024
 
 # Each server's wsgi.file_wrapper, once seen: does it need the substitute?
@@ -194,6 +193,7 @@ def serve_app_file(
 def _wrap(
     cleanup: ResponseCleanup, body: Any, close_body: Callable[[], object] | None
 ) -> ResponseCleanup:
+    """Serve ``body`` through ``cleanup``, closed with ``close_body`` (none if ``None``)."""
     # Iterating a file yields lines, and a binary file can be one long line: read blocks, by C
     # code (nothing of ours runs per block).
     cleanup._body = iter(partial(body.read, BLOCK_SIZE), b"")

@@ -22,6 +22,7 @@ what it saw there (``docs/reliability.md`` shows one).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -32,7 +33,7 @@ from typing import Any
 
 import pytest
 from apps.fault_client import CLIENTS, Outcome, request
-from apps.fault_mod_wsgi import mod_wsgi_missing, run_mod_wsgi
+from apps.fault_mod_wsgi import apache_tmp_dir, mod_wsgi_missing, run_mod_wsgi
 from apps.fault_uwsgi import run_uwsgi, uwsgi_missing
 from serverkit import (
     MORE_SERVERS,
@@ -143,20 +144,24 @@ def site(
         pytest.skip(missing)
     if name in MORE_SERVERS and (missing := server_missing(name)):
         pytest.skip(missing)
-    base = tmp_path_factory.mktemp(name)
-    records, files = base / "records", base / "files"
-    records.mkdir()
-    files.mkdir()
-    env = {RECORD_DIR_ENV: str(records), TMP_DIR_ENV: str(files)}
-    if name == "uwsgi":
-        manager = run_uwsgi(APP, env=env, log_dir=base)
-    elif name == "mod_wsgi":
-        manager = run_mod_wsgi(APP, env=env, log_dir=base)
-    else:
-        manager = run_server(name, APP, env=env, log_dir=base)
-    with manager as server:
-        yield Site(server, records, files)
-        leftovers = sorted(os.listdir(files))
+    with contextlib.ExitStack() as stack:
+        if name == "mod_wsgi":
+            base = stack.enter_context(apache_tmp_dir(name))
+        else:
+            base = tmp_path_factory.mktemp(name)
+        records, files = base / "records", base / "files"
+        records.mkdir()
+        files.mkdir()
+        env = {RECORD_DIR_ENV: str(records), TMP_DIR_ENV: str(files)}
+        if name == "uwsgi":
+            manager = run_uwsgi(APP, env=env, log_dir=base)
+        elif name == "mod_wsgi":
+            manager = run_mod_wsgi(APP, env=env, log_dir=base)
+        else:
+            manager = run_server(name, APP, env=env, log_dir=base)
+        with manager as server:
+            yield Site(server, records, files)
+            leftovers = sorted(os.listdir(files))
     assert leftovers == [], f"temporary files left behind under {name}: {leftovers}"
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apps.fault_mod_wsgi import mod_wsgi_missing, run_mod_wsgi
+from apps.fault_mod_wsgi import apache_tmp_dir, mod_wsgi_missing, run_mod_wsgi
 from apps.fault_uwsgi import run_uwsgi, uwsgi_missing
 from serverkit import (
     HOST,
@@ -162,7 +162,15 @@ def traced(
     name: str = request.param
     if missing := _missing(name):
         pytest.skip(missing)
-    base = tmp_path_factory.mktemp(name)
+    with contextlib.ExitStack() as stack:
+        if name.startswith("mod_wsgi"):
+            base = stack.enter_context(apache_tmp_dir(name))
+        else:
+            base = tmp_path_factory.mktemp(name)
+        yield from _traced(name, base)
+
+
+def _traced(name: str, base: Path) -> Iterator[Traced]:
     records, files = base / "records", base / "files"
     records.mkdir()
     files.mkdir()

@@ -10,8 +10,9 @@ and reaps it.
 
 Apache binds its own port: a free one is picked on 127.0.0.1 just before it starts (a start that
 loses the port to another process is retried). Run as root, Apache serves as ``www-data``, so the
-directories the apps write to are opened up for it. The environment reaches the application
-through a generated WSGI script, since Apache does not pass its own environment on.
+directories the apps write to are opened up for it: make them in :func:`apache_tmp_dir`. The
+environment reaches the application through a generated WSGI script, since Apache does not pass
+its own environment on.
 """
 
 from __future__ import annotations
@@ -60,6 +61,22 @@ def mod_wsgi_missing() -> str | None:
             "installs it from PyPI into .venv-apache, made with Debian's /usr/bin/python3"
         )
     return None
+
+
+@contextlib.contextmanager
+def apache_tmp_dir(name: str) -> Iterator[Path]:
+    """A fresh directory under the system's temporary directory that Apache's user can reach.
+
+    Not one of pytest's: a pytest session that starts meanwhile (any other one on the machine)
+    sets ``/tmp/pytest-of-USER`` back to mode 0700, and Apache's user then loses its way in.
+    Removed afterwards.
+    """
+    directory = Path(tempfile.mkdtemp(prefix=f"cleanup-{name}-"))
+    try:
+        directory.chmod(0o755)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _free_port() -> int:
