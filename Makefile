@@ -39,7 +39,7 @@ $(APACHE_VENV)/.installed: pyproject.toml
 
 # Every server: sendfile() and memory under strace, and the fault matrix.
 test-servers: $(SERVERS_STAMP) $(APACHE_VENV)/.installed
-	$(BIN)/python -m pytest -m servers tests/test_server_sendfile.py
+	$(BIN)/python -m pytest -s -m servers tests/test_server_sendfile.py
 	$(BIN)/python -m pytest tests/test_fault_matrix.py
 
 lint: $(STAMP)
