@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 APACHE_PYTHON ?= /usr/bin/python3
 APACHE_VENV := .venv-apache
 SERVERS_STAMP := $(VENV)/.servers-installed
+# gunicorn's eventlet worker, which gunicorn 26 removed, in a virtual environment of its own.
+EVENTLET_VENV := .venv-eventlet
 
 .PHONY: demo test test-servers lint bench bench-quick soak clean
 
@@ -37,8 +39,13 @@ $(APACHE_VENV)/.installed: pyproject.toml
 	$(APACHE_VENV)/bin/pip install --quiet --no-cache-dir -e '.[apache]'
 	touch $(APACHE_VENV)/.installed
 
+$(EVENTLET_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(EVENTLET_VENV)
+	$(EVENTLET_VENV)/bin/pip install --quiet -e '.[test-eventlet]'
+	touch $(EVENTLET_VENV)/.installed
+
 # Every server: sendfile() and memory under strace, and the fault matrix.
-test-servers: $(SERVERS_STAMP) $(APACHE_VENV)/.installed
+test-servers: $(SERVERS_STAMP) $(APACHE_VENV)/.installed $(EVENTLET_VENV)/.installed
 	$(BIN)/python -m pytest -s -m servers tests/test_server_sendfile.py
 	$(BIN)/python -m pytest tests/test_fault_matrix.py
 
@@ -57,4 +64,4 @@ soak: $(STAMP)
 	$(BIN)/python -m pytest tests/test_load.py --soak -p no:randomly
 
 clean:
-	rm -rf $(VENV) $(APACHE_VENV) build *.egg-info
+	rm -rf $(VENV) $(APACHE_VENV) $(EVENTLET_VENV) build *.egg-info

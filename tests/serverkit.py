@@ -81,9 +81,16 @@ __all__ = [
 #: Every server the harness can start.
 SERVERS = ("gunicorn-sync", "gunicorn-gthread", "waitress", "werkzeug", "wsgiref")
 #: More servers it can start, where installed (:func:`server_missing` says why not):
-#: gunicorn's gevent worker, cheroot (CherryPy's server), bjoern and meinheld. mod_wsgi, which
-#: runs under Apache, has a harness of its own (``tests/apps/fault_mod_wsgi.py``).
-MORE_SERVERS = ("gunicorn-gevent", "cheroot", "bjoern", "meinheld")
+#: gunicorn's gevent and eventlet workers, cheroot (CherryPy's server), bjoern and meinheld.
+#: mod_wsgi, which runs under Apache, has a harness of its own (``tests/apps/fault_mod_wsgi.py``).
+MORE_SERVERS = ("gunicorn-gevent", "gunicorn-eventlet", "cheroot", "bjoern", "meinheld")
+#: gunicorn 26 removed the eventlet worker: it runs from a virtual environment of its own with
+#: gunicorn 25.3 and eventlet (``make test-servers`` makes it); ``$EVENTLET_PYTHON`` names another.
+EVENTLET_PYTHON = Path(
+    os.environ.get(
+        "EVENTLET_PYTHON", Path(__file__).resolve().parent.parent / ".venv-eventlet/bin/python"
+    )
+)
 # What each of MORE_SERVERS imports, and how to install it.
 _REQUIREMENTS = {
     "gunicorn-gevent": ("gevent", "pip install gevent (the 'test' extra)"),
@@ -243,6 +250,13 @@ class Server:
 
 def server_missing(name: str) -> str | None:
     """Why server ``name`` of :data:`MORE_SERVERS` cannot run here, or None when it can."""
+    if name == "gunicorn-eventlet":
+        if EVENTLET_PYTHON.exists():
+            return None
+        return (
+            f"gunicorn-eventlet: {EVENTLET_PYTHON} is missing; make test-servers makes it "
+            "(gunicorn 25.3, the last with the eventlet worker, and eventlet)"
+        )
     module, install = _REQUIREMENTS[name]
     if importlib.util.find_spec(module) is None:
         return f"{name}: {module} is not installed; {install}"
@@ -259,8 +273,9 @@ def _command(
     name: str, fd: int, app: str, gunicorn_config: str | os.PathLike[str] | None
 ) -> list[str]:
     """The command line that starts server ``name`` on the inherited descriptor ``fd``."""
-    if name in ("gunicorn-sync", "gunicorn-gthread", "gunicorn-gevent"):
-        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}", "--workers", "1"]
+    if name.startswith("gunicorn-"):
+        python = EVENTLET_PYTHON if name == "gunicorn-eventlet" else sys.executable
+        cmd = [os.fspath(python), "-m", "gunicorn", "--bind", f"fd://{fd}", "--workers", "1"]
         if name == "gunicorn-gthread":
             cmd += ["--worker-class", "gthread", "--threads", "4"]
         else:
