@@ -47,7 +47,9 @@ from serverkit import (
 
 APP = "fault_app:application"
 TMP_DIR_ENV = "CLEANUP_TMP_DIR"  # fault_app.TMP_DIR_ENV
-SERVER_KINDS = (*SERVERS, "uwsgi", *MORE_SERVERS, "mod_wsgi")
+# Not meinheld: built against today's greenlet (its own pin does not build), meinheld 1.0.2
+# segfaults now and then on a client that goes away, with or without the middleware.
+SERVER_KINDS = (*SERVERS, "uwsgi", *(s for s in MORE_SERVERS if s != "meinheld"), "mod_wsgi")
 # The servers without a wsgi.file_wrapper: a send_file body is werkzeug's own wrapper there.
 NO_FILE_WRAPPER = ("werkzeug", "cheroot")
 
