@@ -4,7 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick soak clean
+# The servers that compile against system packages (see .ci/run): bjoern (libev-dev) and, in a
+# virtual environment of Debian's own Python that Apache's user can read, mod_wsgi (apache2,
+# apache2-dev); meinheld without its greenlet<0.5 pin, which does not build on Python 3.10+.
+APACHE_PYTHON ?= /usr/bin/python3
+APACHE_VENV := .venv-apache
+SERVERS_STAMP := $(VENV)/.servers-installed
+# gunicorn's eventlet worker, which gunicorn 26 removed, in a virtual environment of its own.
+EVENTLET_VENV := .venv-eventlet
+
+.PHONY: demo test test-servers lint bench bench-quick soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +26,28 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not servers"
+
+$(SERVERS_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[servers]'
+	$(BIN)/pip install --quiet --no-deps 'meinheld==1.0.2'
+	touch $(SERVERS_STAMP)
+
+# --no-cache-dir: a mod_wsgi wheel cached from another Python of the same version links that one.
+$(APACHE_VENV)/.installed: pyproject.toml
+	$(APACHE_PYTHON) -m venv $(APACHE_VENV)
+	$(APACHE_VENV)/bin/pip install --quiet --no-cache-dir -e '.[apache]'
+	touch $(APACHE_VENV)/.installed
+
+$(EVENTLET_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(EVENTLET_VENV)
+	$(EVENTLET_VENV)/bin/pip install --quiet -e '.[test-eventlet]'
+	touch $(EVENTLET_VENV)/.installed
+
+# Every server: sendfile() and memory under strace, and the fault matrix.
+test-servers: $(SERVERS_STAMP) $(APACHE_VENV)/.installed $(EVENTLET_VENV)/.installed
+	$(BIN)/python -m pytest -s -m servers tests/test_server_sendfile.py
+	$(BIN)/python -m pytest tests/test_fault_matrix.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,4 +64,4 @@ soak: $(STAMP)
 	$(BIN)/python -m pytest tests/test_load.py --soak -p no:randomly
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(APACHE_VENV) $(EVENTLET_VENV) build *.egg-info

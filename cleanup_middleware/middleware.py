@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .cleanup import ENVIRON_KEY, RaisingResponseCleanup, ResponseCleanup
 from .config import configure, register
+from .files import FILE_WRAPPER_KEY, FileWrapperSubstitute, needs_substitute, serve_app_file
 
 if TYPE_CHECKING:
     import os
@@ -107,6 +108,9 @@ class CleanupMiddleware:
                 {"__slots__": (), "executor": self.executor},
             )
         self._cleanup_class = cleanup_class
+        # The server's file wrapper class, once seen, when it needs no substitute: a request
+        # then pays one identity test for it.
+        self._file_wrapper_class: type | None = None
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if ENVIRON_KEY in environ:
@@ -118,11 +122,22 @@ class CleanupMiddleware:
         cleanup = environ[ENVIRON_KEY] = self._cleanup_class()
         cleanup._environ = environ
         cleanup._hooks = []
+        file_wrapper = environ.get(FILE_WRAPPER_KEY)
+        substitute = None
+        # The server's file wrapper, judged once per server (see files.needs_substitute): a
+        # Python class is remembered; a wrapper whose objects refuse a new close is stood in for.
+        if file_wrapper is not self._file_wrapper_class and file_wrapper is not None:
+            if needs_substitute(file_wrapper):
+                substitute = environ[FILE_WRAPPER_KEY] = FileWrapperSubstitute(file_wrapper)
+            elif isinstance(file_wrapper, type):
+                self._file_wrapper_class = file_wrapper
         try:
             if self._hooks:
                 register(self._hooks, environ)
             body = self.app(environ, start_response)
         except BaseException:
+            if substitute is not None:
+                environ[FILE_WRAPPER_KEY] = file_wrapper
             # close() tells the hooks of the exception being handled and logs their failures;
             # the application's exception is what the server must see, unless a hook raised
             # KeyboardInterrupt or SystemExit, which outrank it.
@@ -130,17 +145,40 @@ class CleanupMiddleware:
             with suppress(Exception):
                 cleanup.close()
             raise
-        close_body = getattr(body, "close", None)
-        if (
-            # A file body has a close() of its own, and the server must get it back as it made
-            # it: gunicorn, waitress and wsgiref test the class of their file wrapper; uWSGI's
-            # file_wrapper returns the file itself (read() and all) and tests identity, which
-            # also keeps an open file that the application returned whole.
-            close_body is not None
-            and (body.__class__ is environ.get("wsgi.file_wrapper") or hasattr(body, "read"))
-            and cleanup.adopt_file_body(body, close_body)
-        ):
-            return body
+        if substitute is not None:
+            # Put back before the server looks at it: gunicorn-like servers test the body's
+            # class against it.
+            environ[FILE_WRAPPER_KEY] = file_wrapper
+            if body is substitute.made:
+                return substitute.adopt(cleanup)
+        close_body = None
+        try:
+            close_body = getattr(body, "close", None)
+            if close_body is not None:
+                # A file body has a close() of its own, and the server must get it back as it
+                # made it: gunicorn, waitress and wsgiref test the class of their file wrapper
+                # (isinstance, so a subclass counts too).
+                if body.__class__ is file_wrapper or (
+                    file_wrapper is self._file_wrapper_class
+                    and file_wrapper is not None
+                    and isinstance(body, file_wrapper)
+                ):
+                    if cleanup.adopt_file_body(body, close_body):
+                        return body
+                elif hasattr(body, "read"):
+                    # An open file the application returned whole: a file wrapper that is
+                    # neither absent, a class nor stood in for returns the file itself
+                    # (uWSGI's), and its server sends the very object it was given.
+                    by_identity = (
+                        file_wrapper is not None
+                        and substitute is None
+                        and file_wrapper is not self._file_wrapper_class
+                    )
+                    return serve_app_file(cleanup, body, close_body, by_identity)
+        except Exception:
+            # A body whose attribute lookup raises: served as a plain iterable, closed with
+            # the close() found, if any. Its hooks run all the same.
+            pass
         cleanup._body = body
         cleanup._close_body = close_body
         return cleanup

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import importlib
+import importlib.util
 import json
 import os
 import select
@@ -59,6 +60,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "HOST",
+    "MORE_SERVERS",
     "RECORD_DIR_ENV",
     "SENDFILE_SERVERS",
     "SERVERS",
@@ -70,6 +72,7 @@ __all__ = [
     "read_records",
     "record",
     "run_server",
+    "server_missing",
     "start_server",
     "wait_for_records",
     "write_sendfile_probe_config",
@@ -77,6 +80,32 @@ __all__ = [
 
 #: Every server the harness can start.
 SERVERS = ("gunicorn-sync", "gunicorn-gthread", "waitress", "werkzeug", "wsgiref")
+#: More servers it can start, where installed (:func:`server_missing` says why not):
+#: gunicorn's gevent and eventlet workers, cheroot (CherryPy's server), bjoern and meinheld.
+#: mod_wsgi, which runs under Apache, has a harness of its own (``tests/apps/fault_mod_wsgi.py``).
+MORE_SERVERS = ("gunicorn-gevent", "gunicorn-eventlet", "cheroot", "bjoern", "meinheld")
+#: gunicorn 26 removed the eventlet worker: it runs from a virtual environment of its own with
+#: gunicorn 25.3 and eventlet (``make test-servers`` makes it); ``$EVENTLET_PYTHON`` names another.
+EVENTLET_PYTHON = Path(
+    os.environ.get(
+        "EVENTLET_PYTHON", Path(__file__).resolve().parent.parent / ".venv-eventlet/bin/python"
+    )
+)
+# What each of MORE_SERVERS imports, and how to install it.
+_REQUIREMENTS = {
+    "gunicorn-gevent": ("gevent", "pip install gevent (the 'test' extra)"),
+    "cheroot": ("cheroot", "pip install cheroot (the 'test' extra)"),
+    "bjoern": (
+        "bjoern",
+        "it compiles against libev: apt-get install libev-dev, then make test-servers "
+        "(pip install bjoern)",
+    ),
+    "meinheld": (
+        "meinheld",
+        "make test-servers (pip install --no-deps meinheld: its greenlet<0.5 pin does not "
+        "build on Python 3.10+, and it runs with the greenlet that gevent brings)",
+    ),
+}
 #: The servers that send ``wsgi.file_wrapper`` bodies with ``sendfile()``.
 SENDFILE_SERVERS = ("gunicorn-sync", "gunicorn-gthread")
 
@@ -170,6 +199,8 @@ class Server:
     process: subprocess.Popen[bytes]
     log_path: Path
     host: str = HOST
+    # Stop by signalling the whole process group: a server run under strace is strace's child.
+    signal_group: bool = False
 
     @property
     def url(self) -> str:
@@ -194,8 +225,11 @@ class Server:
         """
         proc = self.process
         if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if self.signal_group:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                else:
+                    proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -214,6 +248,21 @@ class Server:
         return f"{self.name} serving {self.app} ({status}); server log:\n{self.log()}"
 
 
+def server_missing(name: str) -> str | None:
+    """Why server ``name`` of :data:`MORE_SERVERS` cannot run here, or None when it can."""
+    if name == "gunicorn-eventlet":
+        if EVENTLET_PYTHON.exists():
+            return None
+        return (
+            f"gunicorn-eventlet: {EVENTLET_PYTHON} is missing; make test-servers makes it "
+            "(gunicorn 25.3, the last with the eventlet worker, and eventlet)"
+        )
+    module, install = _REQUIREMENTS[name]
+    if importlib.util.find_spec(module) is None:
+        return f"{name}: {module} is not installed; {install}"
+    return None
+
+
 def _gunicorn_version() -> tuple[int, ...]:
     from importlib.metadata import version
 
@@ -223,12 +272,14 @@ def _gunicorn_version() -> tuple[int, ...]:
 def _command(
     name: str, fd: int, app: str, gunicorn_config: str | os.PathLike[str] | None
 ) -> list[str]:
-    if name in ("gunicorn-sync", "gunicorn-gthread"):
-        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}", "--workers", "1"]
+    """The command line that starts server ``name`` on the inherited descriptor ``fd``."""
+    if name.startswith("gunicorn-"):
+        python = EVENTLET_PYTHON if name == "gunicorn-eventlet" else sys.executable
+        cmd = [os.fspath(python), "-m", "gunicorn", "--bind", f"fd://{fd}", "--workers", "1"]
         if name == "gunicorn-gthread":
             cmd += ["--worker-class", "gthread", "--threads", "4"]
         else:
-            cmd += ["--worker-class", "sync"]
+            cmd += ["--worker-class", name.removeprefix("gunicorn-")]
         # Short grace, so that stopping with a request still hanging does not take 30 s.
         cmd += ["--graceful-timeout", "3", "--timeout", "30"]
         if _gunicorn_version() >= (25, 1):
@@ -237,9 +288,9 @@ def _command(
         if gunicorn_config is not None:
             cmd += ["--config", os.fspath(gunicorn_config)]
         return [*cmd, app]
-    if name in SERVERS:
+    if name in SERVERS or name in MORE_SERVERS:
         return [sys.executable, os.fspath(Path(__file__).resolve()), name, str(fd), app]
-    raise ValueError(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
+    raise ValueError(f"unknown server {name!r}; choose from {', '.join((*SERVERS, *MORE_SERVERS))}")
 
 
 def _child_env(
@@ -267,6 +318,7 @@ def start_server(
     log_dir: str | os.PathLike[str] | None = None,
     ready_path: str | None = "/__serverkit_ready__",
     startup_timeout: float = 20.0,
+    command_prefix: Sequence[str] = (),
 ) -> Server:
     """Start ``app`` under server ``name`` and wait until it answers; see :func:`run_server`.
 
@@ -279,7 +331,7 @@ def start_server(
         fd = listener.fileno()
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                _command(name, fd, app, gunicorn_config),
+                [*command_prefix, *_command(name, fd, app, gunicorn_config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -292,7 +344,14 @@ def start_server(
         # The child holds the socket now; without our copy, a dead server refuses connections
         # instead of leaving them queued.
         listener.close()
-    server = Server(name=name, app=app, port=port, process=process, log_path=log_path)
+    server = Server(
+        name=name,
+        app=app,
+        port=port,
+        process=process,
+        log_path=log_path,
+        signal_group=bool(command_prefix),
+    )
     try:
         wait_until_ready(server, ready_path, startup_timeout)
     except BaseException:
@@ -312,6 +371,7 @@ def run_server(
     log_dir: str | os.PathLike[str] | None = None,
     ready_path: str | None = "/__serverkit_ready__",
     startup_timeout: float = 20.0,
+    command_prefix: Sequence[str] = (),
 ) -> Iterator[Server]:
     """Run ``app`` (``"module:attr"``) under server ``name`` for the ``with`` block.
 
@@ -324,6 +384,8 @@ def run_server(
         counts. ``None`` waits only for the process to be running (the socket already listens).
     :param startup_timeout: seconds the server gets to answer before the start fails with its
         log in the message.
+    :param command_prefix: put before the server's command, e.g. ``strace -f -o FILE``; the
+        server then runs as its child, in the same process group, which stop() signals whole.
 
     Pytest fixture::
 
@@ -346,6 +408,7 @@ def run_server(
             log_dir=log_dir,
             ready_path=ready_path,
             startup_timeout=startup_timeout,
+            command_prefix=command_prefix,
         )
         # Registered after the directory, so it runs first: the server stops, then its log goes.
         stack.callback(server.stop)
@@ -595,6 +658,24 @@ def _serve(name: str, fd: int, app_spec: str) -> None:
         wsgi_server.setup_environ()
         wsgi_server.set_app(app)
         wsgi_server.serve_forever()
+    elif name == "cheroot":
+        from cheroot.wsgi import Server as CherootServer
+
+        # cheroot adopts a listening socket on fd 3 under systemd's socket activation.
+        if fd != 3:
+            os.dup2(fd, 3)
+            sock.close()
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        CherootServer((HOST, 0), app, numthreads=4).safe_start()
+    elif name == "bjoern":
+        import bjoern
+
+        bjoern.server_run(sock, app)
+    elif name == "meinheld":
+        from meinheld import server as meinheld_server
+
+        meinheld_server.set_listen_socket(sock.detach())
+        meinheld_server.run(app)
     else:
         raise SystemExit(f"serverkit: unknown server {name!r}")
 

@@ -39,7 +39,10 @@ from cleanup_middleware import ENVIRON_KEY, CleanupMiddleware, ResponseCleanup, 
 # "reclose": the hook calls the response's close() again, re-entrantly (as werkzeug's
 # Response.close does when it closes a file wrapper whose close is the middleware's).
 ACTIONS = ("ok", "ok", "ok", "error", "interrupt", "exit", "register", "reclose")
-BODY_KINDS = ("list", "generator", "iterable", "file")
+# "c_file": a file wrapper whose objects refuse a new close (as mod_wsgi's and bjoern's C types
+# do), so the middleware stands in for it and hands it the file in a ClosingFile.
+BODY_KINDS = ("list", "generator", "iterable", "file", "c_file")
+FILE_KINDS = ("iterable", "file", "c_file")  # bodies with a close() of their own
 RACES = ("close sees no hooks", "before append", "after append")
 
 
@@ -94,8 +97,8 @@ def scenarios(draw: Any) -> Scenario:
         app_raises=draw(st.integers(0, 5)) == 0,
         during=during,
         raise_at=raise_at,
-        body_close_raises=body in ("iterable", "file") and draw(st.booleans()),
-        body_close_recloses=body in ("iterable", "file") and draw(st.booleans()),
+        body_close_raises=body in FILE_KINDS and draw(st.booleans()),
+        body_close_recloses=body in FILE_KINDS and draw(st.booleans()),
         reads=draw(st.integers(0, chunks + 1)),
         after=draw(st.lists(actions, max_size=2)),
         closes=draw(st.integers(0, 3)),
@@ -161,6 +164,13 @@ class Body:
         self.run.close_body(self.environ, self.sc)
 
 
+class FileBody(Body):
+    """A file for the "c_file" wrapper: read() is all a ClosingFile needs of it."""
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+
 def make_app(run: Run, sc: Scenario) -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         for action in sc.before:
@@ -174,6 +184,8 @@ def make_app(run: Run, sc: Scenario) -> Any:
             return run.produce(environ, sc)
         if sc.body == "iterable":
             return Body(run, environ, sc)
+        if sc.body == "c_file":
+            return environ["wsgi.file_wrapper"](FileBody(run, environ, sc))
         # The "file" of this wrapper is the scenario's Body: its close() is the file's close.
         return environ["wsgi.file_wrapper"](Body(run, environ, sc))
 
@@ -183,6 +195,21 @@ def make_app(run: Run, sc: Scenario) -> Any:
 class ScenarioFileWrapper(FakeFileWrapper):
     def __iter__(self) -> Any:
         return iter(self.filelike)
+
+
+class SlottedFileWrapper:
+    """Like a C server's wrapper: no __dict__, and its close() closes the file it was given."""
+
+    __slots__ = ("filelike",)
+
+    def __init__(self, filelike: Any, blksize: int = 8192) -> None:
+        self.filelike = filelike
+
+    def __iter__(self) -> Any:
+        return iter(self.filelike)
+
+    def close(self) -> None:
+        self.filelike.close()
 
 
 def expected_order(registered: list[tuple[int, str]]) -> list[int]:
@@ -270,7 +297,8 @@ def test_random_behaviour_keeps_invariants(sc: Scenario) -> None:
 
 
 def check_scenario(sc: Scenario) -> None:
-    environ = make_environ("GET", "/property", file_wrapper=ScenarioFileWrapper)
+    server_wrapper = SlottedFileWrapper if sc.body == "c_file" else ScenarioFileWrapper
+    environ = make_environ("GET", "/property", file_wrapper=server_wrapper)
     run = Run()
     mw = CleanupMiddleware(make_app(run, sc))
 
@@ -290,9 +318,10 @@ def check_scenario(sc: Scenario) -> None:
         body = None
     else:
         closed = False
-        if sc.body == "file":
+        if sc.body in ("file", "c_file"):
             # The server's file wrapper came back as the very same object (sendfile kept).
-            assert isinstance(body, ScenarioFileWrapper)
+            assert type(body) is server_wrapper
+            assert environ["wsgi.file_wrapper"] is server_wrapper
         # --- the server pulls `reads` chunks, swallowing iteration errors
         it = iter(body)
         try:
@@ -339,7 +368,7 @@ def check_scenario(sc: Scenario) -> None:
                 add_cleanup(environ, lambda: None)
         assert hook_runs == expected_order(accepted_before_close)
         assert len(set(hook_runs)) == len(hook_runs) == run.next_id
-        if sc.body in ("iterable", "file") and not sc.app_raises:
+        if sc.body in FILE_KINDS and not sc.app_raises:
             assert body_closes == [0], "the body's close() must run once, before every hook"
         else:
             assert body_closes == []

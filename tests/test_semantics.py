@@ -158,32 +158,40 @@ def test_function_file_wrapper_like_uwsgi_gets_the_same_object_back(
     path = tmp_path / "data.bin"
     path.write_bytes(b"data")
 
+    # The first request, not yet knowing what the function returns, hands it a proxy of the
+    # file; once it is seen to return its argument, the file itself.
+    given: list[Any] = []
+
     def uwsgi_file_wrapper(filelike: Any, blksize: int = 8192) -> Any:
+        given.append(filelike)
         return filelike
 
     files: list[Any] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
-        add_cleanup(environ, record, "hook")
+        add_cleanup(environ, record, f"hook {len(files)}")
         start_response("200 OK", [])
         files.append(open(path, "rb"))
-        return environ["wsgi.file_wrapper"](files[0])
+        return environ["wsgi.file_wrapper"](files[-1])
 
-    body = CleanupMiddleware(app)(
-        make_environ(**{"wsgi.file_wrapper": uwsgi_file_wrapper}), start_response
-    )
-    assert body is files[0]
-    body.close()
-    assert files[0].closed
-    assert record.events == ["hook"]
+    middleware = CleanupMiddleware(app)
+    for request in range(2):
+        body = middleware(make_environ(**{"wsgi.file_wrapper": uwsgi_file_wrapper}), start_response)
+        assert body is given[-1], "the server must get back the very object it was given"
+        assert body.fileno() == files[-1].fileno()
+        body.close()
+        assert files[-1].closed
+        assert record.events == [f"hook {n}" for n in range(request + 1)]
+    assert given[1] is files[1]
 
 
-def test_open_file_returned_as_the_body_goes_back_itself_and_is_closed_before_the_hook(
+def test_open_file_returned_as_the_body_is_iterated_in_blocks_and_closed_before_the_hook(
     record: Recorder, tmp_path: Any
 ) -> None:
-    # PEP 3333 allows a file object as the body; with no file_wrapper the server iterates it.
-    path = tmp_path / "data.txt"
-    path.write_bytes(b"line 1\nline 2\n")
+    # PEP 3333 allows a file object as the body; with no file_wrapper the server iterates it,
+    # in blocks, not lines: a binary file can be one long line.
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"line 1\nline 2\n" + bytes(200_000))
     files: list[Any] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
@@ -193,8 +201,9 @@ def test_open_file_returned_as_the_body_goes_back_itself_and_is_closed_before_th
         return files[0]
 
     body = CleanupMiddleware(app)(make_environ(), start_response)
-    assert body is files[0]
-    assert list(body) == [b"line 1\n", b"line 2\n"]
+    chunks = list(body)
+    assert b"".join(chunks) == path.read_bytes()
+    assert [len(c) for c in chunks] == [65536, 65536, 65536, 200_014 - 3 * 65536]
     body.close()
     body.close()
     assert record.events == ["hook, file closed: True"]

@@ -247,6 +247,19 @@ def test_file_goes_out_by_sendfile(site: Site, route: str) -> None:
 
 
 @pytest.mark.parametrize("site", SENDFILE_SERVERS, indirect=True)
+def test_subclass_of_the_servers_file_wrapper_goes_out_by_sendfile(site: Site) -> None:
+    # gunicorn tests isinstance(): an application's subclass of its wrapper is its own too.
+    token = new_token()
+    response = http_get(site.url(f"/plain/subclass-file?size={FULL}&token={token}"))
+
+    assert response.status == 200 and len(response.body) == FULL
+    site.wait_closed(token)
+    assert _sendfile_results(site, token) == [True]
+    [deleted] = site.of(token, "deleted")
+    assert deleted["existed"] is True
+
+
+@pytest.mark.parametrize("site", SENDFILE_SERVERS, indirect=True)
 def test_closing_iterator_loses_sendfile(site: Site) -> None:
     # The control: shows that the probe can fail. The usual ClosingIterator middleware runs its
     # callback but hides the server's file wrapper, so gunicorn iterates the file in Python.

@@ -26,9 +26,9 @@ def file_content_prefix(token: str, size: int) -> bytes:
     return (line * (_PATTERN_BYTES // len(line) + 1))[: min(size, _PATTERN_BYTES)]
 
 
-def make_temp_file(token: str, size: int) -> str:
+def make_temp_file(token: str, size: int, prefix: str = "cleanup-test-") -> str:
     """Create a fresh temporary file of ``size`` bytes for this request; record its path."""
-    fd, path = tempfile.mkstemp(prefix="cleanup-test-", dir=os.environ.get(TMP_DIR_ENV))
+    fd, path = tempfile.mkstemp(prefix=prefix, dir=os.environ.get(TMP_DIR_ENV))
     try:
         os.write(fd, file_content_prefix(token, size))
         os.ftruncate(fd, size)

@@ -18,7 +18,7 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from serverkit import Server, listening_socket, new_log_path, wait_until_ready
@@ -57,8 +57,12 @@ def run_uwsgi(
     log_dir: str | os.PathLike[str] | None = None,
     threads: int = 4,
     startup_timeout: float = 20.0,
+    command_prefix: Sequence[str] = (),
 ) -> Iterator[Server]:
-    """Run ``app`` (``"module:attr"``) under uWSGI (one worker, ``threads`` threads)."""
+    """Run ``app`` (``"module:attr"``) under uWSGI (one worker, ``threads`` threads).
+
+    :param command_prefix: put before the command, e.g. ``strace -f -o FILE``.
+    """
     missing = uwsgi_missing()
     if missing:
         raise RuntimeError(missing)
@@ -66,6 +70,7 @@ def run_uwsgi(
     listener, port = listening_socket()
     try:
         cmd = [
+            *command_prefix,
             sys.executable,
             "-c",
             _RUN,
@@ -91,7 +96,14 @@ def run_uwsgi(
             )
     finally:
         listener.close()
-    server = Server(name="uwsgi", app=app, port=port, process=process, log_path=log_path)
+    server = Server(
+        name="uwsgi",
+        app=app,
+        port=port,
+        process=process,
+        log_path=log_path,
+        signal_group=bool(command_prefix),
+    )
     try:
         wait_until_ready(server, "/__ready__", startup_timeout)
         yield server

@@ -3,7 +3,8 @@
 Routes (``token`` goes into every record, see :mod:`appkit`):
 
 * ``/file?token=T&size=N``: a fresh temporary file returned through the server's
-  ``wsgi.file_wrapper``, deleted by ``add_cleanup``.
+  ``wsgi.file_wrapper``, deleted by ``add_cleanup``; ``/subclass-file``: the same through an
+  application's subclass of the server's wrapper class.
 * ``/stream?token=T&size=N``: a generator body.
 * ``/raise?token=T``: registers hooks, then raises before returning (the server answers 500).
 * ``/raise-mid-body?token=T``: a generator that raises after its first chunk.
@@ -14,6 +15,7 @@ All of them enter a :class:`appkit.Witness` with ``enter_context``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
@@ -41,18 +43,26 @@ def _generate(size: int, fail_after_first: bool = False) -> Iterator[bytes]:
             raise RuntimeError("the body failed on purpose")
 
 
+@functools.cache
+def _subclass(wrapper_class: type) -> type:
+    """An application's own subclass of the server's file wrapper class."""
+    return type("AppFileWrapper", (wrapper_class,), {})
+
+
 def raw_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     query = parse_qs(environ.get("QUERY_STRING", ""))
     token = query.get("token", [""])[0]
     size = int(query.get("size", [str(1024 * 1024)])[0])
     path = environ.get("PATH_INFO", "")
 
-    if path == "/file":
+    if path in ("/file", "/subclass-file"):
         file_path = make_temp_file(token, size)
         enter_context(environ, Witness(token))
         add_cleanup(environ, delete_file, token, file_path, "add_cleanup")
         start_response("200 OK", [("Content-Type", OCTETS), ("Content-Length", str(size))])
         wrapper = environ.get("wsgi.file_wrapper", FileWrapper)
+        if path == "/subclass-file":
+            wrapper = _subclass(wrapper)
         return wrapper(open(file_path, "rb"), CHUNK)
     if path in ("/stream", "/raise-mid-body"):
         enter_context(environ, Witness(token))

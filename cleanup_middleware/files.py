@@ -1,0 +1,201 @@
+"""File bodies: keep the server's ``sendfile()`` whatever its ``wsgi.file_wrapper`` is.
+
+A server sends a file with ``sendfile()`` only when the application returns the server's own
+``wsgi.file_wrapper`` object, and it calls that object's ``close()`` when the response is done.
+Where the wrapper is a Python class (gunicorn, waitress, wsgiref) the middleware points the
+object's ``close`` at the request's cleanup and hands it back. Elsewhere the wrapper refuses a new
+attribute: mod_wsgi's and bjoern's are C types (bjoern tests the exact type), meinheld's and
+uWSGI's are functions (uWSGI returns the file itself and tests identity). What those wrappers
+share is that their ``close()`` closes the file they were given. So for those servers, and only
+for them, :class:`FileWrapperSubstitute` stands in for ``environ["wsgi.file_wrapper"]`` while the
+application runs: it hands the server's wrapper a :class:`ClosingFile`, a proxy of the file whose
+``fileno()``, ``read()``, ``seek()`` and ``tell()`` are the file's own and whose ``close()`` runs
+the cleanup. The server still finds a file descriptor to ``sendfile()`` from.
+
+A file-like body that the server would iterate (an open file returned whole, where the server
+has no file wrapper or does not recognise it) is iterated in bounded blocks, not by lines: a
+binary file can be one long line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from types import MethodType
+from typing import Any
+
+from .cleanup import ResponseCleanup, _log_unpatchable
+
+__all__ = [
+    "FILE_WRAPPER_KEY",
+    "ClosingFile",
+    "FileWrapperSubstitute",
+    "RestoringClose",
+    "needs_substitute",
+    "serve_app_file",
+]
+
+FILE_WRAPPER_KEY = "wsgi.file_wrapper"
+#: How much of a wrapped file body is read at a time: few reads, little memory held.
+BLOCK_SIZE = 64 * 1024
+
+# Each server's wsgi.file_wrapper, once seen: does it need the substitute?
+_verdicts: dict[object, bool] = {}
+
+
+def needs_substitute(file_wrapper: object) -> bool:
+    """Whether the objects ``file_wrapper`` makes refuse a new ``close`` attribute.
+
+    A Python class whose instances have a ``__dict__`` takes one (no cost); a C type, a class
+    with ``__slots__`` or a function gets the substitute, until a function is seen to return the
+    file it was given. The verdict is kept per wrapper, so each server is looked at once.
+    """
+    try:
+        return _verdicts[file_wrapper]
+    except KeyError:
+        verdict = not (isinstance(file_wrapper, type) and file_wrapper.__dictoffset__ != 0)
+        _verdicts[file_wrapper] = verdict
+        return verdict
+    except TypeError:  # unhashable: never seen by a real server, decided every time
+        return not (isinstance(file_wrapper, type) and file_wrapper.__dictoffset__ != 0)
+
+
+def _no_close() -> None:
+    """The ``close()`` of a file-like object that has none."""
+
+
+class ClosingFile:
+    """The file an application gives ``wsgi.file_wrapper``, with a ``close()`` of ours.
+
+    Until the response adopts it, :meth:`close` is the file's own; then it is the cleanup's,
+    which closes the file first. Every other attribute is the file's: ``read`` is fetched once
+    (servers without ``sendfile()`` call it per block), the rest on use (``fileno`` and ``tell``
+    once per response).
+    """
+
+    __slots__ = ("close", "file", "read")
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.read = file.read
+        self.close: Callable[[], object] = getattr(file, "close", _no_close)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+    def __iter__(self) -> Iterator[bytes]:
+        # meinheld iterates the file itself when it cannot send it.
+        return iter(self.file)
+
+
+class FileWrapperSubstitute:
+    """Stands in for the server's ``wsgi.file_wrapper`` during one request.
+
+    Calls the server's wrapper with the file in a :class:`ClosingFile` and remembers what it
+    made, so that the middleware knows the body the application returns for the server's own.
+
+    :param file_wrapper: the server's ``environ["wsgi.file_wrapper"]``.
+    """
+
+    __slots__ = ("file_wrapper", "made", "proxy")
+
+    def __init__(self, file_wrapper: Callable[..., Iterable[bytes]]) -> None:
+        self.file_wrapper = file_wrapper
+        self.made: object = None
+        self.proxy: ClosingFile | None = None
+
+    def __call__(self, filelike: Any, *args: Any, **kwargs: Any) -> Iterable[bytes]:
+        try:
+            proxy = ClosingFile(filelike)
+        except Exception:
+            # No read(), or an attribute that raises: the server gets the file as it is and
+            # the response is wrapped; its hooks run all the same.
+            return self.file_wrapper(filelike, *args, **kwargs)
+        made = self.file_wrapper(proxy, *args, **kwargs)
+        if made is proxy:
+            # A wrapper that returns the file itself (uWSGI) recognises it by identity: the
+            # file's own close can be pointed at the cleanup, as for a Python class, so later
+            # requests need no substitute.
+            _verdicts[self.file_wrapper] = False
+        self.made, self.proxy = made, proxy
+        return made
+
+    def adopt(self, cleanup: ResponseCleanup) -> Iterable[bytes]:
+        """The body to hand the server: what the server's wrapper made, closing into ``cleanup``."""
+        proxy = self.proxy
+        assert proxy is not None  # set together with made, which the caller matched
+        cleanup._close_body = proxy.close
+        proxy.close = cleanup.close
+        return self.made  # type: ignore[return-value]
+
+
+class RestoringClose:
+    """The body's own ``close()``, called by the response's ``close()`` before the hooks.
+
+    It first gives the body back its ``close`` as the application made it (deleting ours, or
+    putting the original back where it was the object's own attribute), so that an object the
+    application returns again, say a cached in-memory asset, is adopted afresh each time.
+
+    :param body: the application's file-like body, whose ``close`` now points at the cleanup.
+    :param own_close: its ``close`` before that.
+    """
+
+    __slots__ = ("body", "own_attribute", "own_close")
+
+    def __init__(self, body: object, own_close: Callable[[], object]) -> None:
+        self.body = body
+        self.own_close = own_close
+        # Whether close was the object's own attribute (gunicorn's wrapper sets one), not its
+        # class's method.
+        self.own_attribute = "close" in getattr(body, "__dict__", ())
+
+    def __call__(self) -> object:
+        body, own_close = self.body, self.own_close
+        self.body = None
+        with contextlib.suppress(Exception):
+            if self.own_attribute:
+                body.close = own_close  # type: ignore[attr-defined]
+            else:
+                del body.close  # type: ignore[attr-defined]
+        return own_close()
+
+
+def serve_app_file(
+    cleanup: ResponseCleanup, body: Any, close_body: Callable[[], object], by_identity: bool
+) -> Iterable[bytes]:
+    """What to hand the server for a file-like body the application returned whole.
+
+    With ``by_identity`` (a server whose file wrapper returns the file itself, as uWSGI's does,
+    and which sends it when it gets that very object back): the same object, its ``close``
+    pointed at the cleanup and given back at close. Elsewhere, and when the object refuses the
+    attribute or another response is still sending it (its ``close`` is that response's), the
+    cleanup itself, iterating the file in blocks. Each response gets the body's own ``close()``
+    once and only its own hooks.
+    """
+    if type(close_body) is MethodType and isinstance(close_body.__self__, ResponseCleanup):
+        # In flight for another response: its own close() is what that response holds.
+        held = close_body.__self__._close_body
+        own = held.own_close if isinstance(held, RestoringClose) else None
+        return _wrap(cleanup, body, own)
+    if not by_identity:
+        return _wrap(cleanup, body, close_body)
+    restoring_close = RestoringClose(body, close_body)
+    try:
+        body.close = cleanup.close
+    except (AttributeError, TypeError):
+        _log_unpatchable(type(body))
+        return _wrap(cleanup, body, close_body)
+    cleanup._close_body = restoring_close
+    return body  # type: ignore[no-any-return]
+
+
+def _wrap(
+    cleanup: ResponseCleanup, body: Any, close_body: Callable[[], object] | None
+) -> ResponseCleanup:
+    """Serve ``body`` through ``cleanup``, closed with ``close_body`` (none if ``None``)."""
+    # Iterating a file yields lines, and a binary file can be one long line: read blocks, by C
+    # code (nothing of ours runs per block).
+    cleanup._body = iter(partial(body.read, BLOCK_SIZE), b"")
+    cleanup._close_body = close_body
+    return cleanup

@@ -1,0 +1,288 @@
+"""Bodies at the edges: reused, hostile to inspection, subclassed, file wrappers of C servers.
+
+In-process, in the style of ``test_semantics.py``: each test calls the middleware as a server
+would and checks what the server got back and what ran. The real servers are exercised by
+``test_server_sendfile.py`` and the fault matrix; here are the rules, one test each.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import wsgiref.util
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
+
+from cleanup_middleware import CleanupMiddleware, add_cleanup
+
+
+def make_environ(**extra: Any) -> dict[str, Any]:
+    environ = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/asset"}
+    environ.update(extra)
+    return environ
+
+
+def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return lambda data: None
+
+
+class CachedAsset:
+    """An in-memory asset an app keeps and returns for every request; close() rewinds it."""
+
+    def __init__(self, data: bytes, events: list[str]) -> None:
+        self.buffer = io.BytesIO(data)
+        self.events = events
+
+    def read(self, size: int = -1) -> bytes:
+        return self.buffer.read(size)
+
+    def close(self) -> None:
+        self.events.append("asset closed")
+        self.buffer.seek(0)
+
+
+def uwsgi_like_file_wrapper(filelike: Any, blksize: int = 8192) -> Any:
+    """uWSGI's wsgi.file_wrapper: returns the file itself, recognised later by identity."""
+    return filelike
+
+
+def asset_app(asset: object, events: list[str]) -> CleanupMiddleware:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        request = environ["QUERY_STRING"]
+        add_cleanup(environ, events.append, f"hook {request}")
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](asset)
+
+    return CleanupMiddleware(app)
+
+
+def request(app: Any, query: str) -> Any:
+    environ = make_environ(QUERY_STRING=query, **{"wsgi.file_wrapper": uwsgi_like_file_wrapper})
+    return app(environ, start_response)
+
+
+# -- the same body object for several requests ------------------------------------------------
+
+
+def test_reused_body_gets_its_own_close_once_per_response_and_is_left_as_made() -> None:
+    events: list[str] = []
+    asset = CachedAsset(b"asset bytes", events)
+    app = asset_app(asset, events)
+    for n in range(3):
+        body = request(app, str(n))
+        assert body.read() == b"asset bytes", f"response {n}"
+        body.close()
+        assert "close" not in vars(asset), "the app's object is left as it made it"
+    assert events == ["asset closed", "hook 0", "asset closed", "hook 1", "asset closed", "hook 2"]
+
+
+def test_reused_body_with_its_own_close_attribute_gets_it_back() -> None:
+    # gunicorn's and wsgiref's wrappers set close as an attribute of the object itself.
+    events: list[str] = []
+    asset = CachedAsset(b"data", events)
+    own_close = asset.close
+    asset.close = own_close  # type: ignore[method-assign]
+    app = asset_app(asset, events)
+    for n in range(2):
+        request(app, str(n)).close()
+    assert vars(asset)["close"] == own_close
+    assert events == ["asset closed", "hook 0", "asset closed", "hook 1"]
+
+
+def test_reused_body_in_flight_twice_each_response_runs_only_its_own_hooks() -> None:
+    events: list[str] = []
+    asset = CachedAsset(b"data", events)
+    app = asset_app(asset, events)
+    first = request(app, "1")
+    second = request(app, "2")  # while the first is still being sent
+    first.close()
+    assert events == ["asset closed", "hook 1"]
+    second.close()
+    assert events == ["asset closed", "hook 1", "asset closed", "hook 2"]
+    assert "close" not in vars(asset)
+
+
+# -- bodies whose attribute lookup raises -------------------------------------------------------
+
+
+class RaisingProxy:
+    """A lazy proxy whose every attribute lookup fails with KeyError, as dict-backed ones do."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter([b"proxied"])
+
+    def __getattr__(self, name: str) -> Any:
+        raise KeyError(name)
+
+
+class RaisingRead:
+    def __iter__(self) -> Iterator[bytes]:
+        return iter([b"read raises"])
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def read(self) -> Any:
+        raise ValueError("read is not available")
+
+
+class RaisingClose:
+    def __iter__(self) -> Iterator[bytes]:
+        return iter([b"close raises"])
+
+    @property
+    def close(self) -> Any:
+        raise RuntimeError("close is not available")
+
+
+@pytest.mark.parametrize(
+    ("body_class", "chunk"),
+    [(RaisingProxy, b"proxied"), (RaisingRead, b"read raises"), (RaisingClose, b"close raises")],
+)
+def test_body_whose_attribute_lookup_raises_is_served_as_a_plain_iterable_and_no_hook_lost(
+    body_class: type, chunk: bytes
+) -> None:
+    events: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, events.append, "hook")
+        start_response("200 OK", [])
+        return body_class()
+
+    for file_wrapper in (None, GunicornFileWrapper, uwsgi_like_file_wrapper):
+        environ = make_environ(**{"wsgi.file_wrapper": file_wrapper})
+        body = CleanupMiddleware(app)(environ, start_response)
+        assert list(body) == [chunk]
+        body.close()
+        assert events == ["hook"], file_wrapper
+        events.clear()
+    # No AttributeError from a half-built cleanup when the collector reclaims it (pytest turns
+    # an exception in __del__ into a failure).
+    del body
+    gc.collect()
+
+
+# -- a subclass of the server's file wrapper ----------------------------------------------------
+
+
+@pytest.mark.parametrize("server_wrapper", [GunicornFileWrapper, wsgiref.util.FileWrapper])
+def test_subclass_of_the_servers_file_wrapper_goes_back_to_the_server_as_its_own(
+    server_wrapper: type, tmp_path: Any
+) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"data")
+    subclass = type("AppFileWrapper", (server_wrapper,), {})
+    events: list[str] = []
+    made: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, lambda: events.append(f"hook, file closed: {made[0].filelike.closed}"))
+        start_response("200 OK", [])
+        made.append(subclass(open(path, "rb")))
+        return made[0]
+
+    body = CleanupMiddleware(app)(
+        make_environ(**{"wsgi.file_wrapper": server_wrapper}), start_response
+    )
+    assert body is made[0], "gunicorn tests isinstance(): its sendfile() needs the object itself"
+    body.close()
+    assert events == ["hook, file closed: True"]
+
+
+# -- file wrappers of C servers (mod_wsgi, bjoern, meinheld) ------------------------------------
+
+
+class CFileWrapper:
+    """Like bjoern's FileWrapper: no __dict__, exact type checked, close() closes the file."""
+
+    __slots__ = ("blksize", "fd", "file")
+
+    def __init__(self, file: Any, blksize: int = 8192) -> None:
+        self.file, self.blksize, self.fd = file, blksize, file.fileno()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(lambda: self.file.read(self.blksize), b"")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def c_file_wrapper(file: Any, blksize: int = 8192) -> CFileWrapper:
+    """Like meinheld's: a function returning such an object."""
+    return CFileWrapper(file, blksize)
+
+
+@pytest.mark.parametrize("server_wrapper", [CFileWrapper, c_file_wrapper])
+def test_c_server_file_wrapper_gets_the_file_by_proxy_and_its_close_runs_the_hooks(
+    server_wrapper: Any, tmp_path: Any
+) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"0123456789")
+    events: list[str] = []
+    files: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, lambda: events.append(f"hook, file closed: {files[0].closed}"))
+        start_response("200 OK", [])
+        files.append(open(path, "rb"))
+        return environ["wsgi.file_wrapper"](files[0], 4)
+
+    environ = make_environ(**{"wsgi.file_wrapper": server_wrapper})
+    body = CleanupMiddleware(app)(environ, start_response)
+    assert type(body) is CFileWrapper, "the server must get its own object to send the file"
+    assert environ["wsgi.file_wrapper"] is server_wrapper, "the environ key is put back"
+    assert body.fd == files[0].fileno(), "the server sends from the file's own descriptor"
+    assert list(body) == [b"0123", b"4567", b"89"]
+    assert events == []
+    body.close()
+    assert events == ["hook, file closed: True"]
+
+
+def test_c_server_file_wrapper_inside_another_body_closes_the_file_then_the_hooks(
+    tmp_path: Any,
+) -> None:
+    # werkzeug wraps the server's file wrapper for a Range request: the body is then not the
+    # server's object, and closing it must still close the file, once, before the hooks.
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"0123456789")
+    events: list[str] = []
+    files: list[Any] = []
+
+    class RangeBody:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(self.inner)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, lambda: events.append(f"hook, file closed: {files[0].closed}"))
+        start_response("206 Partial Content", [])
+        files.append(open(path, "rb"))
+        return RangeBody(environ["wsgi.file_wrapper"](files[0]))
+
+    body = CleanupMiddleware(app)(
+        make_environ(**{"wsgi.file_wrapper": CFileWrapper}), start_response
+    )
+    assert b"".join(body) == b"0123456789"
+    body.close()
+    body.close()
+    assert events == ["hook, file closed: True"]
+
+
+def test_app_raising_puts_the_servers_file_wrapper_back() -> None:
+    environ = make_environ(**{"wsgi.file_wrapper": CFileWrapper})
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        raise LookupError("the app failed")
+
+    with pytest.raises(LookupError):
+        CleanupMiddleware(app)(environ, start_response)
+    assert environ["wsgi.file_wrapper"] is CFileWrapper
