@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick soak clean
+.PHONY: demo test test-matrix dist lint bench bench-quick soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint,bench]'
+	$(BIN)/pip install --quiet -e '.[test,lint,bench,matrix]'
 	touch $(STAMP)
 
 # The main job: gunicorn serves examples/flask_download.py through the middleware.
@@ -18,6 +18,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The suite on every claimed Python from the wheel, and on the declared floors: see noxfile.py.
+test-matrix: $(STAMP)
+	$(BIN)/nox --sessions tests floors
+
+# The sdist and the wheel, built into dist/ and checked (noxfile.py, session dist).
+dist: $(STAMP)
+	$(BIN)/nox --sessions dist
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,4 +42,4 @@ soak: $(STAMP)
 	$(BIN)/python -m pytest tests/test_load.py --soak -p no:randomly
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .nox build dist *.egg-info
