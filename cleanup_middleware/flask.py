@@ -11,10 +11,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, got_request_exception, request
-
+from ._extras import missing_extra
 from .cleanup import ENVIRON_KEY
 from .middleware import CleanupMiddleware
+
+try:
+    from flask import Flask, got_request_exception, request
+except ImportError as exc:
+    raise missing_extra(__name__, "flask", exc) from exc
+
+# After Flask: without it, the extra to name is [flask], not the [werkzeug] it includes.
 from .response import CleanupResponseMixin
 
 if TYPE_CHECKING:

@@ -10,19 +10,23 @@ cleanup hooks and binds it to the body's ``close()`` in a way that keeps both.
 
 from __future__ import annotations
 
+import os
 from contextlib import suppress
 from typing import TYPE_CHECKING, Literal
 
 from .cleanup import ENVIRON_KEY, RaisingResponseCleanup, ResponseCleanup
-from .config import configure, register
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Iterable, Sequence
 
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from .config import Hook
+    from .config import Hook, _Compiled
+
+# config.ENV_VAR, which config.configure() reads when given neither a file nor hooks. Named here
+# so that without any configuration the config machinery (tomllib, inspect, difflib) is never
+# imported; tests/test_imports.py checks that the two names agree.
+CONFIG_ENV_VAR = "CLEANUP_MIDDLEWARE_CONFIG"
 
 __all__ = ["CleanupMiddleware"]
 
@@ -73,11 +77,20 @@ class CleanupMiddleware:
         config: str | os.PathLike[str] | None = None,
         hooks: Sequence[Hook] | None = None,
     ) -> None:
-        settings = configure(config, hooks)
-        # The checked config hooks, registered on every request by config.register().
-        self._hooks = settings.compiled
+        if config is None and hooks is None and not os.environ.get(CONFIG_ENV_VAR):
+            # Nothing to configure.
+            self._hooks: tuple[_Compiled, ...] = ()
+        else:
+            from .config import configure, register
+
+            settings = configure(config, hooks)
+            # The checked config hooks, registered on every request by config.register().
+            self._hooks = settings.compiled
+            self._register = register
+            if on_hook_error is None:
+                on_hook_error = settings.on_hook_error
         if on_hook_error is None:
-            on_hook_error = settings.on_hook_error
+            on_hook_error = "log"
         if on_hook_error not in ("log", "raise"):
             raise ValueError(
                 f"CleanupMiddleware(on_hook_error={on_hook_error!r}): use 'log' or 'raise'"
@@ -92,7 +105,7 @@ class CleanupMiddleware:
         if ENVIRON_KEY in environ:
             # An outer CleanupMiddleware owns this request and will close it.
             if self._hooks:
-                register(self._hooks, environ)
+                self._register(self._hooks, environ)
             return self.app(environ, start_response)
         # Built without __init__ and filled in here: this is the per-request cost of the library.
         cleanup = environ[ENVIRON_KEY] = self._cleanup_class()
@@ -101,7 +114,7 @@ class CleanupMiddleware:
         cleanup._later_hooks = None
         try:
             if self._hooks:
-                register(self._hooks, environ)
+                self._register(self._hooks, environ)
             body = self.app(environ, start_response)
         except BaseException:
             # close() tells the hooks of the exception being handled and logs their failures;
