@@ -41,15 +41,15 @@ __version__ = "0.1.0"
 # package, and serving a request needs none of them.
 _LAZY = {"ConfigError": "config", "Hook": "config", "wrap": "cli"}
 
+if not TYPE_CHECKING:  # type checkers see the imports above, and no other name
 
-def __getattr__(name: str) -> object:
-    submodule = _LAZY.get(name)
-    if submodule is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{submodule}", __name__), name)
-    globals()[name] = value  # later lookups find it without calling __getattr__
-    return value
+    def __getattr__(name: str) -> object:
+        submodule = _LAZY.get(name)
+        if submodule is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{submodule}", __name__), name)
+        globals()[name] = value  # later lookups find it without calling __getattr__
+        return value
 
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
