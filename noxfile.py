@@ -7,9 +7,9 @@ project installed editable. A user has none of that, so ``make test-matrix`` run
   ``Programming Language :: Python :: 3.X`` classifiers), the project installed from its wheel
   as a user installs it, with the newest dependencies. A claimed Python that this machine lacks
   fails the run rather than being skipped.
-* ``floors``: the same on the lowest claimed Python with every dependency at the lowest version
-  that ``pyproject.toml`` allows, resolved from the file itself by uv (``--resolution
-  lowest-direct``), so the declared floors are what is tested.
+* ``floors-3.X``: the same on the lowest and the highest claimed Python with every dependency
+  at the lowest version that ``pyproject.toml`` allows, resolved from the file itself by uv
+  (``--resolution lowest-direct``), so the declared floors are what is tested.
 
 ``make dist`` runs ``dist``: it builds the sdist and, from it, the wheel, and fails on a warning
 from the build backend, on ``twine check --strict``, or when an archive lacks the licence file or
@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -94,12 +95,14 @@ _wheels: list[Path] = []
 
 
 def _wheel(session: nox.Session) -> Path:
-    """The project's wheel, built once per nox run."""
+    """The project's wheel, built once per nox run by nox's own environment (the matrix extra
+    has build), so that no test environment holds more than the project's requirements."""
     if not _wheels:
         out = ROOT / ".nox" / "_wheel"
         shutil.rmtree(out, ignore_errors=True)
-        session.install("build")
-        session.run("python", "-m", "build", "--wheel", "--outdir", str(out), str(ROOT))
+        session.run(
+            sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(ROOT), external=True
+        )
         _wheels.extend(out.glob("*.whl"))
     [wheel] = _wheels
     return wheel
@@ -131,7 +134,7 @@ def tests(session: nox.Session) -> None:
     _pytest(session)
 
 
-@nox.session(python=PYTHONS[0])
+@nox.session(python=[PYTHONS[0], PYTHONS[-1]])
 def floors(session: nox.Session) -> None:
     """The whole suite with every dependency at the lowest version pyproject.toml allows."""
     session.install(
