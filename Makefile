@@ -13,12 +13,12 @@ SERVERS_STAMP := $(VENV)/.servers-installed
 # gunicorn's eventlet worker, which gunicorn 26 removed, in a virtual environment of its own.
 EVENTLET_VENV := .venv-eventlet
 
-.PHONY: demo test test-servers lint bench bench-quick soak clean
+.PHONY: demo test test-servers test-matrix dist lint bench bench-quick soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint,bench]'
+	$(BIN)/pip install --quiet -e '.[test,lint,bench,matrix]'
 	touch $(STAMP)
 
 # The main job: gunicorn serves examples/flask_download.py through the middleware.
@@ -49,6 +49,14 @@ test-servers: $(SERVERS_STAMP) $(APACHE_VENV)/.installed $(EVENTLET_VENV)/.insta
 	$(BIN)/python -m pytest -s -m servers tests/test_server_sendfile.py
 	$(BIN)/python -m pytest tests/test_fault_matrix.py
 
+# The suite on every claimed Python from the wheel, and on the declared floors: see noxfile.py.
+test-matrix: $(STAMP)
+	$(BIN)/nox --sessions tests floors
+
+# The sdist and the wheel, built into dist/ and checked (noxfile.py, session dist).
+dist: $(STAMP)
+	$(BIN)/nox --sessions dist
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -64,4 +72,4 @@ soak: $(STAMP)
 	$(BIN)/python -m pytest tests/test_load.py --soak -p no:randomly
 
 clean:
-	rm -rf $(VENV) $(APACHE_VENV) $(EVENTLET_VENV) build *.egg-info
+	rm -rf $(VENV) $(APACHE_VENV) $(EVENTLET_VENV) .nox build dist *.egg-info

@@ -6,12 +6,24 @@
 
     app = CleanupMiddleware(app)
     add_cleanup(environ, os.unlink, tmp_path)   # in a view: runs once the response is closed
+
+Importing the package needs nothing beyond the standard library, and only what a request
+uses: the config and CLI names (``wrap``, ``Hook``, ``ConfigError``) are imported on first use,
+and the Werkzeug and Flask integrations are the submodules ``response`` and ``flask``.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .cleanup import ENVIRON_KEY, ResponseCleanup, add_cleanup, enter_context
-from .cli import ConfigError, Hook, wrap
-from .deferred import defer
 from .middleware import CleanupMiddleware
+
+if TYPE_CHECKING:
+    from .cli import wrap
+    from .config import ConfigError, Hook
+    from .deferred import defer
 
 __all__ = [
     "ENVIRON_KEY",
@@ -25,3 +37,21 @@ __all__ = [
     "wrap",
 ]
 __version__ = "0.1.0"
+
+# Public names imported on first use (PEP 562), with their submodule: the config machinery
+# (tomllib, inspect, difflib), the CLI's argparse and defer()'s thread pool (concurrent.futures)
+# cost more to import than the rest of the package, and serving a request needs none of them.
+_LAZY = {"ConfigError": "config", "Hook": "config", "defer": "deferred", "wrap": "cli"}
+
+if not TYPE_CHECKING:  # type checkers see the imports above, and no other name
+
+    def __getattr__(name: str) -> object:
+        submodule = _LAZY.get(name)
+        if submodule is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{submodule}", __name__), name)
+        globals()[name] = value  # later lookups find it without calling __getattr__
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})

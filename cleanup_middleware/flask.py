@@ -18,12 +18,19 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, got_request_exception, request
-from werkzeug.wrappers import Response
-
+from ._extras import missing_extra
 from .cleanup import ENVIRON_KEY
 from .deferred import defer as defer_for_environ
 from .middleware import CleanupMiddleware
+
+try:
+    from flask import Flask, got_request_exception, request
+except ImportError as exc:
+    raise missing_extra(__name__, "flask", exc) from exc
+
+# After Flask: without it, the extra to name is [flask], not the [werkzeug] it includes.
+from werkzeug.wrappers import Response
+
 from .response import CleanupResponseMixin
 
 if TYPE_CHECKING:

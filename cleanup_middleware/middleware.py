@@ -10,21 +10,25 @@ cleanup hooks and binds it to the body's ``close()`` in a way that keeps both.
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+import os
 from contextlib import suppress
 from typing import TYPE_CHECKING, Literal
 
 from .cleanup import ENVIRON_KEY, RaisingResponseCleanup, ResponseCleanup
-from .config import configure, register
 from .files import FILE_WRAPPER_KEY, FileWrapperSubstitute, needs_substitute, serve_app_file
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Iterable, Sequence
+    from concurrent.futures import Executor
 
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from .config import Hook
+    from .config import Hook, _Compiled
+
+# config.ENV_VAR, which config.configure() reads when given neither a file nor hooks. Named here
+# so that without any configuration the config machinery (tomllib, inspect, difflib) is never
+# imported; tests/test_imports.py checks that the two names agree.
+CONFIG_ENV_VAR = "CLEANUP_MIDDLEWARE_CONFIG"
 
 __all__ = ["CleanupMiddleware"]
 
@@ -80,11 +84,22 @@ class CleanupMiddleware:
         hooks: Sequence[Hook] | None = None,
         executor: Executor | None = None,
     ) -> None:
-        settings = configure(config, hooks)
-        # The checked config hooks, registered on every request by config.register().
-        self._hooks = settings.compiled
+        config_executor: Executor | None = None
+        if config is None and hooks is None and not os.environ.get(CONFIG_ENV_VAR):
+            # Nothing to configure.
+            self._hooks: tuple[_Compiled, ...] = ()
+        else:
+            from .config import configure, register
+
+            settings = configure(config, hooks)
+            # The checked config hooks, registered on every request by config.register().
+            self._hooks = settings.compiled
+            self._register = register
+            config_executor = settings.executor
+            if on_hook_error is None:
+                on_hook_error = settings.on_hook_error
         if on_hook_error is None:
-            on_hook_error = settings.on_hook_error
+            on_hook_error = "log"
         if on_hook_error not in ("log", "raise"):
             raise ValueError(
                 f"CleanupMiddleware(on_hook_error={on_hook_error!r}): use 'log' or 'raise'"
@@ -94,12 +109,15 @@ class CleanupMiddleware:
         cleanup_class: type[ResponseCleanup] = (
             RaisingResponseCleanup if on_hook_error == "raise" else ResponseCleanup
         )
-        if executor is not None and not isinstance(executor, Executor):
-            raise TypeError(
-                f"CleanupMiddleware(executor={executor!r}): give a concurrent.futures.Executor "
-                "object, such as ThreadPoolExecutor(max_workers=8) or DeferredPool()"
-            )
-        self.executor = executor if executor is not None else settings.executor
+        if executor is not None:
+            from concurrent.futures import Executor  # only then: it imports threading and more
+
+            if not isinstance(executor, Executor):
+                raise TypeError(
+                    f"CleanupMiddleware(executor={executor!r}): give a concurrent.futures."
+                    "Executor object, such as ThreadPoolExecutor(max_workers=8) or DeferredPool()"
+                )
+        self.executor = executor if executor is not None else config_executor
         if self.executor is not None:
             # Held by the class, not by each request's object: a request pays nothing for it.
             cleanup_class = type(
@@ -116,7 +134,7 @@ class CleanupMiddleware:
         if ENVIRON_KEY in environ:
             # An outer CleanupMiddleware owns this request and will close it.
             if self._hooks:
-                register(self._hooks, environ)
+                self._register(self._hooks, environ)
             return self.app(environ, start_response)
         # Built without __init__ and filled in here: this is the per-request cost of the library.
         cleanup = environ[ENVIRON_KEY] = self._cleanup_class()
@@ -133,7 +151,7 @@ class CleanupMiddleware:
                 self._file_wrapper_class = file_wrapper
         try:
             if self._hooks:
-                register(self._hooks, environ)
+                self._register(self._hooks, environ)
             body = self.app(environ, start_response)
         except BaseException:
             if substitute is not None:

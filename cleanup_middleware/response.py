@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from werkzeug.wrappers import Response
-
+from ._extras import missing_extra
 from .cleanup import add_cleanup
+
+try:
+    from werkzeug.wrappers import Response
+except ImportError as exc:
+    raise missing_extra(__name__, "werkzeug", exc) from exc
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

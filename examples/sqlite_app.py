@@ -4,7 +4,8 @@ A generator body is still running after the application has returned, so the con
 closed neither in the application (too early) nor reliably in the generator's ``finally``
 (which never runs when the server closes the body before the first chunk).
 ``enter_context(environ, closing(conn))`` closes it when the server closes the response,
-whatever happened: the rows were all sent, the client went away, or the body failed.
+whatever happened: the rows were all sent, the client went away, or the body failed. The cursor
+is closed the same way rather than left to garbage collection, which may never free it.
 
 Run it under the standard library's server::
 
@@ -46,7 +47,12 @@ def make_app(db_path: str) -> WSGIApplication:
     def rows_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # check_same_thread=False: a threaded server may close the body on another thread.
         conn = enter_context(environ, closing(sqlite3.connect(db_path, check_same_thread=False)))
-        cursor = conn.execute("SELECT id, name FROM items ORDER BY id")
+        # The cursor is closed too, and first (last-registered-first): an open cursor keeps the
+        # database file open after conn.close(), and the generator's frame may keep the cursor
+        # alive after the body is closed (since Python 3.12, when it never started).
+        cursor = enter_context(
+            environ, closing(conn.execute("SELECT id, name FROM items ORDER BY id"))
+        )
         start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
         return _lines(cursor)
 

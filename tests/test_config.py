@@ -335,8 +335,10 @@ def test_nested_middleware_registers_inner_hooks_once(tmp_path: Path) -> None:
 
 def test_no_config_registers_nothing() -> None:
     environ = create_environ()
-    CleanupMiddleware(app)(environ, start_response)
-    assert "cleanup_middleware.config_hooks" not in environ
+    # Closed here: left to the garbage-collection net, its hook would run in a later test.
+    with contextlib.closing(CleanupMiddleware(app)(environ, start_response)):  # type: ignore[type-var]
+        assert "cleanup_middleware.config_hooks" not in environ
+    assert EVENTS == [("app", False), ("own",)]
 
 
 def test_config_hooks_alongside_enter_context(tmp_path: Path) -> None:

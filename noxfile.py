@@ -1,0 +1,187 @@
+"""The test matrix and the release archives, each made in a fresh environment.
+
+``make test`` runs the suite where the developer works: one Python, the newest packages, the
+project installed editable. A user has none of that, so ``make test-matrix`` runs:
+
+* ``tests-3.X``: the whole suite on every CPython that ``pyproject.toml`` claims (its
+  ``Programming Language :: Python :: 3.X`` classifiers), the project installed from its wheel
+  as a user installs it, with the newest dependencies. A claimed Python that this machine lacks
+  fails the run rather than being skipped.
+* ``floors-3.X``: the same on the lowest and the highest claimed Python with every dependency
+  at the lowest version that ``pyproject.toml`` allows, resolved from the file itself by uv
+  (``--resolution lowest-direct``), so the declared floors are what is tested.
+
+``make dist`` runs ``dist``: it builds the sdist and, from it, the wheel, and fails on a warning
+from the build backend, on ``twine check --strict``, or when an archive lacks the licence file or
+the sdist carries tests.
+
+Interpreters are looked for on ``PATH``, then in pyenv's ``versions/`` directory (``$PYENV_ROOT``
+or ``~/.pyenv``): a pyenv shim runs only the versions that pyenv has selected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.5.1"
+nox.options.default_venv_backend = "uv"
+nox.options.sessions = ["tests", "floors"]
+nox.options.error_on_missing_interpreters = True
+# The interpreters to test are the machine's; a download would hide a missing one.
+nox.options.download_python = "never"
+
+ROOT = Path(__file__).resolve().parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+PYTHONS = nox.project.python_versions(PYPROJECT)
+DIST = ROOT / "dist"
+
+# Prints where cleanup_middleware was imported from, failing unless it is the environment's own
+# copy, and the versions installed, so that a run's log says what it tested.
+SHOW_INSTALLED = """
+import importlib.metadata, pathlib, sys
+import cleanup_middleware
+where = pathlib.Path(cleanup_middleware.__file__).resolve()
+if not where.is_relative_to(pathlib.Path(sys.prefix).resolve()):
+    sys.exit(f"cleanup_middleware imported from {where}, not from the environment {sys.prefix}")
+print("cleanup_middleware from", where.parent)
+installed = importlib.metadata.distributions()
+print(" ".join(sorted(f"{dist.metadata['Name'].lower()}=={dist.version}" for dist in installed)))
+"""
+
+# What may not appear in the build's output: a warning of the backend (build prints them as
+# "WARNING message"), a Python warning category, a deprecation. (distutils' lower-case
+# "warning:" notes, such as byte-compiling being off, are not about the project.)
+BUILD_WARNING = re.compile(r"WARNING|Warning\b|[Dd]eprecat")
+
+
+def _runs(executable: str | None) -> bool:
+    """Whether ``executable`` exists and runs (a pyenv shim of an unselected version does not)."""
+    if executable is None:
+        return False
+    return subprocess.run([executable, "-c", ""], capture_output=True, check=False).returncode == 0
+
+
+def _pyenv_bin(version: str) -> Path | None:
+    """The ``bin`` directory of pyenv's newest CPython ``version`` (``"3.12"``), if installed."""
+    versions = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    patches = {
+        int(directory.name.removeprefix(f"{version}.")): directory / "bin"
+        for directory in versions.glob(f"{version}.*")
+        if directory.name.removeprefix(f"{version}.").isdigit()
+    }
+    return patches[max(patches)] if patches else None
+
+
+def _add_pyenv_interpreters() -> None:
+    """Put pyenv's interpreter first on ``PATH`` for each claimed version that ``PATH`` lacks."""
+    for version in PYTHONS:
+        if not _runs(shutil.which(f"python{version}")):
+            bin_dir = _pyenv_bin(version)
+            if bin_dir is not None:
+                os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+_add_pyenv_interpreters()
+_wheels: list[Path] = []
+
+
+def _wheel(session: nox.Session) -> Path:
+    """The project's wheel, built once per nox run by nox's own environment (the matrix extra
+    has build), so that no test environment holds more than the project's requirements."""
+    if not _wheels:
+        out = ROOT / ".nox" / "_wheel"
+        shutil.rmtree(out, ignore_errors=True)
+        session.run(
+            sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(ROOT), external=True
+        )
+        _wheels.extend(out.glob("*.whl"))
+    [wheel] = _wheels
+    return wheel
+
+
+def _pytest(session: nox.Session) -> None:
+    # From an empty directory, so that the checkout's cleanup_middleware/ cannot be imported
+    # instead of the installed one.
+    session.chdir(session.create_tmp())
+    session.run("python", "-c", SHOW_INSTALLED)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        f"--rootdir={ROOT}",
+        "-c",
+        str(ROOT / "pyproject.toml"),
+        "-p",
+        "no:cacheprovider",
+        str(ROOT / "tests"),
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The whole suite, the project installed from its wheel with its test extra."""
+    session.install(f"{_wheel(session)}[test]")
+    _pytest(session)
+
+
+@nox.session(python=[PYTHONS[0], PYTHONS[-1]])
+def floors(session: nox.Session) -> None:
+    """The whole suite with every dependency at the lowest version pyproject.toml allows."""
+    session.install(
+        "--resolution", "lowest-direct", "-r", str(ROOT / "pyproject.toml"), "--extra", "test"
+    )
+    session.install("--no-deps", str(_wheel(session)))
+    _pytest(session)
+
+
+@nox.session
+def dist(session: nox.Session) -> None:
+    """Build the sdist and the wheel into dist/ and check them."""
+    session.install("build", "twine")
+    shutil.rmtree(DIST, ignore_errors=True)
+    # Byte-compiling on, as a user's build has it, so that the log shows only real notes.
+    log = session.run(
+        "python",
+        "-m",
+        "build",
+        "--outdir",
+        str(DIST),
+        str(ROOT),
+        env={"PYTHONDONTWRITEBYTECODE": ""},
+        silent=True,
+    )
+    assert isinstance(log, str)
+    warnings = [line for line in log.splitlines() if BUILD_WARNING.search(line)]
+    if warnings:
+        session.error("the build backend warned:\n" + "\n".join(warnings))
+    [sdist] = DIST.glob("*.tar.gz")
+    [wheel] = DIST.glob("*.whl")
+    session.run("python", "-m", "twine", "check", "--strict", str(sdist), str(wheel))
+
+    with tarfile.open(sdist) as archive:
+        # Every member is under the top directory "cleanup_middleware-<version>/".
+        sdist_files = {name.partition("/")[2] for name in archive.getnames()}
+    with zipfile.ZipFile(wheel) as archive:
+        wheel_files = set(archive.namelist())
+    problems = []
+    if "LICENSE" not in sdist_files:
+        problems.append(f"{sdist.name} has no LICENSE")
+    if not any(name.endswith(".dist-info/licenses/LICENSE") for name in wheel_files):
+        problems.append(f"{wheel.name} has no .dist-info/licenses/LICENSE")
+    # The suite needs the whole repository (servers' apps, examples, docs): not shipped.
+    shipped_tests = sorted(name for name in sdist_files | wheel_files if name.startswith("tests/"))
+    if shipped_tests:
+        problems.append(f"tests shipped: {', '.join(shipped_tests)}")
+    if problems:
+        session.error("; ".join(problems))
+    session.log(f"{sdist.name}: {len(sdist_files)} entries; {wheel.name}: {len(wheel_files)}")

@@ -1,0 +1,166 @@
+"""Importing the package costs only what a request uses, and each integration names its extra.
+
+Every check runs in a fresh interpreter (``sys.executable``: the installation under test), where
+a meta path finder makes chosen modules fail to import, as they do when not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
+
+import pytest
+from packaging.requirements import Requirement
+
+import cleanup_middleware
+from cleanup_middleware import config, middleware
+
+# The modules that the package used to import eagerly and a request never needs.
+CONFIG_MACHINERY = ["argparse", "difflib", "inspect", "tomllib", "tomli"]
+
+BLOCKER = """
+import sys
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        third_party = top not in sys.stdlib_module_names and top != "cleanup_middleware"
+        if top in BLOCKED or (ONLY_STDLIB and third_party):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def run_python(code: str, *, blocked: Sequence[str] = (), only_stdlib: bool = False) -> str:
+    """Run ``code`` with ``blocked`` (or, with ``only_stdlib``, every third-party module)
+    failing to import; return its output, failing the test if it exits non-zero."""
+    env = {k: v for k, v in os.environ.items() if k != middleware.CONFIG_ENV_VAR}
+    prelude = f"BLOCKED = {set(blocked)!r}\nONLY_STDLIB = {only_stdlib!r}\n{BLOCKER}"
+    result = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_core_needs_only_the_standard_library_and_not_the_config_machinery() -> None:
+    # A request through the middleware, given no configuration, imports none of it either.
+    output = run_python(
+        f"""
+        import sys
+        from cleanup_middleware import CleanupMiddleware, add_cleanup, enter_context
+
+        closed = []
+
+        def app(environ, start_response):
+            add_cleanup(environ, closed.append, "hook")
+            start_response("200 OK", [])
+            return [b"body"]
+
+        environ = {{"REQUEST_METHOD": "GET", "PATH_INFO": "/"}}
+        body = CleanupMiddleware(app)(environ, lambda status, headers, exc_info=None: None)
+        assert list(body) == [b"body"]
+        body.close()
+        assert closed == ["hook"], closed
+        loaded = {{name.partition(".")[0] for name in sys.modules}}
+        print(sorted(loaded & {set(CONFIG_MACHINERY)!r}))
+        print(sorted(name for name in sys.modules if name.startswith("cleanup_middleware.")))
+        """,
+        only_stdlib=True,
+    )
+    assert output.splitlines() == [
+        "[]",
+        str(
+            [
+                "cleanup_middleware.cleanup",
+                "cleanup_middleware.files",
+                "cleanup_middleware.middleware",
+            ]
+        ),
+    ]
+
+
+def test_config_names_are_imported_on_first_use() -> None:
+    output = run_python(
+        """
+        import sys
+        import cleanup_middleware
+
+        assert "cleanup_middleware.config" not in sys.modules
+        assert {"wrap", "Hook", "ConfigError"} <= set(dir(cleanup_middleware))
+        from cleanup_middleware import ConfigError, Hook, wrap
+        from cleanup_middleware.cli import wrap as cli_wrap
+        from cleanup_middleware.config import ConfigError as config_error, Hook as hook
+
+        assert (wrap, Hook, ConfigError) == (cli_wrap, hook, config_error)
+        namespace = {}
+        exec("from cleanup_middleware import *", namespace)
+        assert set(cleanup_middleware.__all__) <= set(namespace)
+        try:
+            cleanup_middleware.no_such_name
+        except AttributeError as exc:
+            print(exc)
+        """,
+        blocked=["werkzeug", "flask"],
+    )
+    assert output == "module 'cleanup_middleware' has no attribute 'no_such_name'\n"
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked", "extra"),
+    [
+        ("cleanup_middleware.flask", ["flask"], "flask"),
+        ("cleanup_middleware.flask", ["flask", "werkzeug"], "flask"),
+        ("cleanup_middleware.response", ["werkzeug"], "werkzeug"),
+    ],
+)
+def test_integration_without_its_framework_names_the_extra(
+    module: str, blocked: list[str], extra: str
+) -> None:
+    output = run_python(
+        f"""
+        try:
+            import {module}
+        except ImportError as exc:
+            print(exc.name)
+            print(exc)
+            print(type(exc.__cause__).__name__)
+        """,
+        blocked=blocked,
+    )
+    name, message, cause = output.splitlines()
+    assert name == blocked[0]
+    assert message.startswith(f"{module} needs the {extra!r} extra (No module named")
+    assert message.endswith(f"pip install 'cleanup-middleware[{extra}]'")
+    assert cause == "ModuleNotFoundError"
+
+
+def test_the_middleware_knows_the_config_variable() -> None:
+    assert middleware.CONFIG_ENV_VAR == config.ENV_VAR
+
+
+def test_declared_dependencies_keep_the_core_free_of_frameworks() -> None:
+    # The installed metadata, as pip sees it: the core requires only tomli, before 3.11.
+    requirements = [
+        Requirement(line) for line in importlib.metadata.requires("cleanup-middleware") or []
+    ]
+    core = [r.name for r in requirements if r.marker is None or "extra" not in str(r.marker)]
+    assert core == ["tomli"]
+
+    def extra(name: str) -> set[str]:
+        return {r.name for r in requirements if r.marker and r.marker.evaluate({"extra": name})}
+
+    assert "werkzeug" in extra("werkzeug")
+    assert {"flask", "cleanup-middleware"} <= extra("flask")
+    assert cleanup_middleware.__version__ == importlib.metadata.version("cleanup-middleware")
