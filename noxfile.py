@@ -122,6 +122,9 @@ def _pytest(session: nox.Session) -> None:
         str(ROOT / "pyproject.toml"),
         "-p",
         "no:cacheprovider",
+        # As make test: the servers that compile against system packages are make test-servers'.
+        "-m",
+        "not servers",
         str(ROOT / "tests"),
         *session.posargs,
     )

@@ -345,7 +345,10 @@ def test_a_generator_body_after_the_client_left(
     seen = observation(name, observations)
     yielded = seen.hooks[seen.lost]["count"][0]["yielded"]
     assert (yielded == HUGE_CHUNKS) == EXPECTED[name].iterates_after_reset, (yielded, seen.server)
-    assert seen.ran_before_headers == EXPECTED[name].buffers_body, seen.server
+    if EXPECTED[name].buffers_body:
+        # Elsewhere whether the client saw the headers before the hooks ran is a race (a loaded
+        # machine delays the client): only a buffering server decides it.
+        assert seen.ran_before_headers, seen.server
 
 
 def half_close_then_read(server: Server, token: str) -> int:
