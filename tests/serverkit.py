@@ -69,6 +69,7 @@ __all__ = [
     "Server",
     "disconnect_mid_body",
     "http_get",
+    "launch",
     "read_records",
     "record",
     "run_server",
@@ -325,24 +326,57 @@ def start_server(
     The caller must call :meth:`Server.stop`; prefer :func:`run_server`, which always does.
     Without ``log_dir`` the log goes to a new temporary directory that is left in place.
     """
-    log_path = new_log_path(log_dir, name)
     listener, port = listening_socket()
+    fd = listener.fileno()
+    return launch(
+        name,
+        app,
+        [*command_prefix, *_command(name, fd, app, gunicorn_config)],
+        listener=listener,
+        port=port,
+        env=_child_env(env, pythonpath),
+        log_path=new_log_path(log_dir, name),
+        pass_fds=(fd,),
+        ready_path=ready_path,
+        startup_timeout=startup_timeout,
+        signal_group=bool(command_prefix),
+    )
+
+
+def launch(
+    name: str,
+    app: str,
+    command: Sequence[str],
+    *,
+    listener: socket.socket,
+    port: int,
+    env: Mapping[str, str],
+    log_path: Path,
+    pass_fds: Sequence[int] = (),
+    stdin: int | socket.socket = subprocess.DEVNULL,
+    ready_path: str | None,
+    startup_timeout: float,
+    signal_group: bool = False,
+) -> Server:
+    """Run ``command``, a server listening on ``listener``, and wait until it answers.
+
+    The server gets its own process group (so that :meth:`Server.stop` can kill its workers
+    with it) and writes its output to ``log_path``; it is stopped if it does not answer. Our
+    copy of the listening socket is closed as soon as the child holds it: otherwise a dead
+    server's port would queue connections instead of refusing them.
+    """
     try:
-        fd = listener.fileno()
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [*command_prefix, *_command(name, fd, app, gunicorn_config)],
-                stdin=subprocess.DEVNULL,
+                command,
+                stdin=stdin,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=_child_env(env, pythonpath),
-                pass_fds=(fd,),
-                # Its own process group, so that stop() can kill the workers with it.
+                env=env,
+                pass_fds=pass_fds,
                 start_new_session=True,
             )
     finally:
-        # The child holds the socket now; without our copy, a dead server refuses connections
-        # instead of leaving them queued.
         listener.close()
     server = Server(
         name=name,
@@ -350,7 +384,7 @@ def start_server(
         port=port,
         process=process,
         log_path=log_path,
-        signal_group=bool(command_prefix),
+        signal_group=signal_group,
     )
     try:
         wait_until_ready(server, ready_path, startup_timeout)

@@ -24,7 +24,6 @@ import http.client
 import importlib.util
 import socket
 import struct
-import subprocess
 import sys
 import time
 import uuid
@@ -42,11 +41,11 @@ from serverkit import (
     RECORD_DIR_ENV,
     Server,
     _child_env,
+    launch,
     listening_socket,
     new_log_path,
     read_records,
     wait_for_records,
-    wait_until_ready,
 )
 
 CHUNK_BYTES = 64 * 1024  # adapter_app.CHUNK (not imported here: it imports every adapter)
@@ -148,25 +147,20 @@ def run_kind(name: str, env: dict[str, str], log_dir: Path) -> Iterator[Server]:
             yield server
         return
     listener, port = listening_socket()
+    fd = listener.fileno()
+    server = launch(
+        name,
+        app,
+        [sys.executable, *(part.format(fd=fd, app=app) for part in kind.command)],
+        listener=listener,
+        port=port,
+        env=_child_env(env, ()),
+        log_path=new_log_path(log_dir, name),
+        pass_fds=(fd,),
+        ready_path="/ready",
+        startup_timeout=20.0,
+    )
     try:
-        fd = listener.fileno()
-        command = [sys.executable, *(part.format(fd=fd, app=app) for part in kind.command)]
-        log_path = new_log_path(log_dir, name)
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_child_env(env, ()),
-                pass_fds=(fd,),
-                start_new_session=True,
-            )
-    finally:
-        listener.close()
-    server = Server(name=name, app=app, port=port, process=process, log_path=log_path)
-    try:
-        wait_until_ready(server, "/ready", 20.0)
         yield server
     finally:
         server.stop()

@@ -7,6 +7,7 @@ In-process, with the server-style loop of test_semantics.py; each test is named 
 from __future__ import annotations
 
 import gc
+import io
 import logging
 import sys
 import threading
@@ -178,7 +179,7 @@ def test_the_outcome_survives_a_middleware_that_copies_the_environ() -> None:
     wrapped = CleanupMiddleware(copying_environ(flask_app.wsgi_app))
     environ = make_environ(PATH_INFO="/raises", **{"wsgi.url_scheme": "http"})
     environ.update(SERVER_NAME="localhost", SERVER_PORT="80", SERVER_PROTOCOL="HTTP/1.1")
-    environ["wsgi.input"] = __import__("io").BytesIO()
+    environ["wsgi.input"] = io.BytesIO()
     serve(wrapped, environ)
     assert cm.exits == [LookupError]
 

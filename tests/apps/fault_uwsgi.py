@@ -16,12 +16,11 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from serverkit import Server, listening_socket, new_log_path, wait_until_ready
+from serverkit import Server, launch, listening_socket, new_log_path
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
 APPS_DIR = TESTS_DIR / "apps"
@@ -66,46 +65,37 @@ def run_uwsgi(
     missing = uwsgi_missing()
     if missing:
         raise RuntimeError(missing)
-    log_path = new_log_path(log_dir, "uwsgi")
     listener, port = listening_socket()
-    try:
-        cmd = [
-            *command_prefix,
-            sys.executable,
-            "-c",
-            _RUN,
-            "--protocol=http",
-            f"--module={app}",
-            "--master",
-            "--processes=1",
-            f"--threads={threads}",
-            "--enable-threads",
-            "--die-on-term",
-            "--need-app",
-            "--disable-logging",
-            "--buffer-size=32768",
-        ]
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                cmd,
-                stdin=listener,  # uWSGI adopts a socket on fd 0 as its own
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_env(env),
-                start_new_session=True,
-            )
-    finally:
-        listener.close()
-    server = Server(
-        name="uwsgi",
-        app=app,
+    cmd = [
+        *command_prefix,
+        sys.executable,
+        "-c",
+        _RUN,
+        "--protocol=http",
+        f"--module={app}",
+        "--master",
+        "--processes=1",
+        f"--threads={threads}",
+        "--enable-threads",
+        "--die-on-term",
+        "--need-app",
+        "--disable-logging",
+        "--buffer-size=32768",
+    ]
+    server = launch(
+        "uwsgi",
+        app,
+        cmd,
+        listener=listener,
         port=port,
-        process=process,
-        log_path=log_path,
+        env=_env(env),
+        log_path=new_log_path(log_dir, "uwsgi"),
+        stdin=listener,  # uWSGI adopts a socket on fd 0 as its own
+        ready_path="/__ready__",
+        startup_timeout=startup_timeout,
         signal_group=bool(command_prefix),
     )
     try:
-        wait_until_ready(server, "/__ready__", startup_timeout)
         yield server
     finally:
         server.stop()
