@@ -15,18 +15,9 @@ from typing import Any
 
 import pytest
 from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
+from test_semantics import make_environ, start_response
 
 from cleanup_middleware import CleanupMiddleware, add_cleanup
-
-
-def make_environ(**extra: Any) -> dict[str, Any]:
-    environ = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/asset"}
-    environ.update(extra)
-    return environ
-
-
-def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-    return lambda data: None
 
 
 class CachedAsset:
