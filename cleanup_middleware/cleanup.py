@@ -274,8 +274,6 @@ class ResponseCleanup:
                     hook()
                 except BaseException as exc:
                     hook_error = _hook_failed(environ, hook, exc, hook_error)
-        # The body is no longer ours to hold.
-        self._body = ()
         if hook_error is not None or body_error is not None:
             self._raise_errors(hook_error, body_error)
 

@@ -126,9 +126,21 @@ class CleanupMiddleware:
                 {"__slots__": (), "executor": self.executor},
             )
         self._cleanup_class = cleanup_class
-        # The server's file wrapper class, once seen, when it needs no substitute: a request
-        # then pays one identity test for it.
-        self._file_wrapper_class: type | None = None
+        # Whether each request's wsgi.file_wrapper is to be judged (files.needs_substitute):
+        # until the server's is seen to need no substitute, as on gunicorn-like servers, whose
+        # requests then pay one attribute test for it.
+        self._judge_file_wrapper = True
+
+    def _substitute(self, environ: WSGIEnvironment) -> FileWrapperSubstitute | None:
+        """Stand in for the server's file wrapper in ``environ`` if its objects need it."""
+        file_wrapper = environ.get(FILE_WRAPPER_KEY)
+        if file_wrapper is None or not needs_substitute(file_wrapper):
+            # None, a Python class, or uWSGI's function once seen to return the file itself:
+            # this server's requests need no judging.
+            self._judge_file_wrapper = False
+            return None
+        substitute = environ[FILE_WRAPPER_KEY] = FileWrapperSubstitute(file_wrapper)
+        return substitute
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if ENVIRON_KEY in environ:
@@ -137,25 +149,21 @@ class CleanupMiddleware:
                 self._register(self._hooks, environ)
             return self.app(environ, start_response)
         # Built without __init__ and filled in here: this is the per-request cost of the library.
-        cleanup = environ[ENVIRON_KEY] = self._cleanup_class()
+        # (Attributes called through a local: Python 3.11 does not specialise self.attr().)
+        cleanup_class, app = self._cleanup_class, self.app
+        cleanup = environ[ENVIRON_KEY] = cleanup_class()
         cleanup._environ = environ
         cleanup._hooks = []
-        file_wrapper = environ.get(FILE_WRAPPER_KEY)
         substitute = None
-        # The server's file wrapper, judged once per server (see files.needs_substitute): a
-        # Python class is remembered; a wrapper whose objects refuse a new close is stood in for.
-        if file_wrapper is not self._file_wrapper_class and file_wrapper is not None:
-            if needs_substitute(file_wrapper):
-                substitute = environ[FILE_WRAPPER_KEY] = FileWrapperSubstitute(file_wrapper)
-            elif isinstance(file_wrapper, type):
-                self._file_wrapper_class = file_wrapper
+        if self._judge_file_wrapper:
+            substitute = self._substitute(environ)
         try:
             if self._hooks:
                 self._register(self._hooks, environ)
-            body = self.app(environ, start_response)
+            body = app(environ, start_response)
         except BaseException:
             if substitute is not None:
-                environ[FILE_WRAPPER_KEY] = file_wrapper
+                environ[FILE_WRAPPER_KEY] = substitute.file_wrapper
             # close() tells the hooks of the exception being handled and logs their failures;
             # the application's exception is what the server must see, unless a hook raised
             # KeyboardInterrupt or SystemExit, which outrank it.
@@ -166,23 +174,28 @@ class CleanupMiddleware:
         if substitute is not None:
             # Put back before the server looks at it: gunicorn-like servers test the body's
             # class against it.
-            environ[FILE_WRAPPER_KEY] = file_wrapper
+            environ[FILE_WRAPPER_KEY] = substitute.file_wrapper
             if body is substitute.made:
                 return substitute.adopt(cleanup)
         close_body = None
         try:
             close_body = getattr(body, "close", None)
             if close_body is not None:
+                file_wrapper = environ.get(FILE_WRAPPER_KEY)
                 # A file body has a close() of its own, and the server must get it back as it
                 # made it: gunicorn, waitress and wsgiref test the class of their file wrapper
                 # (isinstance, so a subclass counts too).
                 if body.__class__ is file_wrapper or (
-                    file_wrapper is self._file_wrapper_class
-                    and file_wrapper is not None
+                    substitute is None
+                    and isinstance(file_wrapper, type)
                     and isinstance(body, file_wrapper)
                 ):
                     if cleanup.adopt_file_body(body, close_body):
                         return body
+                    # A wrapper whose objects refuse a new close, on a server this middleware
+                    # took for another (a test calling the application, say): judge the next
+                    # request's.
+                    self._judge_file_wrapper = True
                 elif hasattr(body, "read"):
                     # An open file the application returned whole: a file wrapper that is
                     # neither absent, a class nor stood in for returns the file itself
@@ -190,7 +203,7 @@ class CleanupMiddleware:
                     by_identity = (
                         file_wrapper is not None
                         and substitute is None
-                        and file_wrapper is not self._file_wrapper_class
+                        and not isinstance(file_wrapper, type)
                     )
                     return serve_app_file(cleanup, body, close_body, by_identity)
         except Exception:

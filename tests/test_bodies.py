@@ -233,6 +233,39 @@ def test_c_server_file_wrapper_gets_the_file_by_proxy_and_its_close_runs_the_hoo
     assert events == ["hook, file closed: True"]
 
 
+@pytest.mark.parametrize("first_wrapper", [wsgiref.util.FileWrapper, None])
+def test_c_server_file_wrapper_after_another_servers_requests_is_judged_again(
+    first_wrapper: Any, tmp_path: Any
+) -> None:
+    # The middleware judges the server's file wrapper once and then stops looking; a C server's
+    # environ after a gunicorn-like one (a test calling the app in-process, say) is served
+    # wrapped once, its hooks run, and its next request gets its own object back.
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"0123456789")
+    events: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, events.append, "hook")
+        start_response("200 OK", [])
+        file_wrapper = environ.get("wsgi.file_wrapper", wsgiref.util.FileWrapper)
+        return file_wrapper(open(path, "rb"), 4)
+
+    middleware = CleanupMiddleware(app)
+    first = {} if first_wrapper is None else {"wsgi.file_wrapper": first_wrapper}
+    body = middleware(make_environ(**first), start_response)
+    body.close()
+    bodies = [
+        middleware(make_environ(**{"wsgi.file_wrapper": CFileWrapper}), start_response)
+        for _ in range(2)
+    ]
+    assert type(bodies[0]) is not CFileWrapper, "refused a close: wrapped, iterated"
+    assert type(bodies[1]) is CFileWrapper, "judged again: the server gets its own object"
+    for body in bodies:
+        assert b"".join(body) == b"0123456789"
+        body.close()
+    assert events == ["hook"] * 3
+
+
 def test_c_server_file_wrapper_inside_another_body_closes_the_file_then_the_hooks(
     tmp_path: Any,
 ) -> None:
