@@ -20,10 +20,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
-from pyramid.config import Configurator  # type: ignore[import-untyped]
-from pyramid.request import Request  # type: ignore[import-untyped]
-
+from ._extras import missing_extra
 from .cleanup import add_cleanup, enter_context
+
+try:
+    from pyramid.config import Configurator  # type: ignore[import-untyped]
+    from pyramid.request import Request  # type: ignore[import-untyped]
+except ImportError as exc:
+    raise missing_extra(__name__, "pyramid", exc) from exc
 
 __all__ = ["includeme"]
 

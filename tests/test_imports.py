@@ -123,6 +123,7 @@ def test_config_names_are_imported_on_first_use() -> None:
         ("cleanup_middleware.flask", ["flask"], "flask"),
         ("cleanup_middleware.flask", ["flask", "werkzeug"], "flask"),
         ("cleanup_middleware.response", ["werkzeug"], "werkzeug"),
+        ("cleanup_middleware.pyramid", ["pyramid"], "pyramid"),
     ],
 )
 def test_integration_without_its_framework_names_the_extra(
@@ -163,4 +164,5 @@ def test_declared_dependencies_keep_the_core_free_of_frameworks() -> None:
 
     assert "werkzeug" in extra("werkzeug")
     assert {"flask", "cleanup-middleware"} <= extra("flask")
+    assert "pyramid" in extra("pyramid")
     assert cleanup_middleware.__version__ == importlib.metadata.version("cleanup-middleware")
