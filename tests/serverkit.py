@@ -59,6 +59,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = [
+    "CLIENT_GONE",
     "HOST",
     "MORE_SERVERS",
     "RECORD_DIR_ENV",
@@ -109,6 +110,10 @@ _REQUIREMENTS = {
 }
 #: The servers that send ``wsgi.file_wrapper`` bodies with ``sendfile()``.
 SENDFILE_SERVERS = ("gunicorn-sync", "gunicorn-gthread")
+
+#: What a server's ``close()`` path is handling when the client reset the connection, on the
+#: servers that tell: the exception types' names, as an ``enter_context`` witness records them.
+CLIENT_GONE = frozenset({"BrokenPipeError", "ConnectionResetError", "ClientDisconnected"})
 
 #: Environment variable naming the directory :func:`record` writes to.
 RECORD_DIR_ENV = "CLEANUP_RECORD_DIR"

@@ -10,7 +10,10 @@ request to ``tests/apps/fault_app.py`` under a real server and checks, from outs
 * the server still answers the next request (``/ping``);
 * what the client saw, where that is certain (a full read of a good response is complete);
 * a ``send_file`` body went back to the server as its own ``wsgi.file_wrapper`` object (so
-  ``sendfile()`` stays possible) wherever the server has one.
+  ``sendfile()`` stays possible) wherever the server has one;
+* what the witness was told when the client reset the connection in the middle of a large body:
+  the server's error (one of :data:`serverkit.CLIENT_GONE`), or nothing on the servers that
+  close the body without one (:data:`SILENT_ON_LOST_CLIENT`, as ``docs/servers.md`` says).
 
 One server per kind for the whole module (a module-scoped fixture, so pytest runs all cases of a
 server before starting the next); every application behaviour is a route of one app. uWSGI runs
@@ -36,6 +39,7 @@ from apps.fault_client import CLIENTS, Outcome, request
 from apps.fault_mod_wsgi import apache_tmp_dir, mod_wsgi_missing, run_mod_wsgi
 from apps.fault_uwsgi import run_uwsgi, uwsgi_missing
 from serverkit import (
+    CLIENT_GONE,
     MORE_SERVERS,
     RECORD_DIR_ENV,
     SERVERS,
@@ -52,6 +56,13 @@ TMP_DIR_ENV = "CLEANUP_TMP_DIR"  # fault_app.TMP_DIR_ENV
 SERVER_KINDS = (*SERVERS, "uwsgi", *(s for s in MORE_SERVERS if s != "meinheld"), "mod_wsgi")
 # The servers without a wsgi.file_wrapper: a send_file body is werkzeug's own wrapper there.
 NO_FILE_WRAPPER = ("werkzeug", "cheroot")
+
+# The servers that call close() with no exception when the client went away: uWSGI clears it
+# first, bjoern and mod_wsgi never raise one (docs/servers.md, "A lost client").
+SILENT_ON_LOST_CLIENT = ("uwsgi", "bjoern", "mod_wsgi")
+# The behaviours whose body goes out unchanged and whole for as long as the client stays, so a
+# client that leaves meets the server writing it, and nothing else fails.
+STREAMED = ("list", "generator", "send_file", "range")
 
 FULL = 200 * 1024 + 17  # read whole: several chunks, not a round number
 # Far more than the socket buffers hold, so a client that leaves is noticed mid-body. Files are
@@ -262,6 +273,15 @@ def _check_records(records: list[dict[str, Any]], behaviour: Behaviour, name: st
         assert witness["failure"] == "AppFailure"
 
 
+def _check_lost_client(records: list[dict[str, Any]], server: str) -> None:
+    """The witness of a streamed body whose client left was told so, where the server tells."""
+    [witness] = [r for r in records if r["event"] == "ran" and r["via"] == "witness"]
+    if server in SILENT_ON_LOST_CLIENT:
+        assert witness["failure"] is None, f"{server} now tells a lost client: {witness}"
+    else:
+        assert witness["failure"] in CLIENT_GONE, f"{server} did not tell a lost client: {witness}"
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("name", list(BEHAVIOURS))
 def test_fault_matrix(site: Site, name: str, client: str) -> None:
@@ -287,6 +307,8 @@ def test_fault_matrix(site: Site, name: str, client: str) -> None:
         assert site.name == "werkzeug", f"{site.name} never closed the response: {warning}"
     if client == "reads_all":
         _check_full_read(name, outcome, token, site.name)
+    elif name in STREAMED:
+        _check_lost_client(records, site.name)
     if name == "send_file":
         [returned] = [r["kind"] for r in records if r["event"] == "returned"]
         FILE_BODIES[site.name] = returned

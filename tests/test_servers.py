@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from serverkit import (
+    CLIENT_GONE,
     RECORD_DIR_ENV,
     SENDFILE_SERVERS,
     SERVERS,
@@ -43,8 +44,6 @@ TMP_DIR_ENV = "CLEANUP_TMP_DIR"  # appkit.TMP_DIR_ENV: where the apps make their
 # noticed by the server, yet nothing is written to disk.
 HUGE = 256 * 1024 * 1024
 FULL = 3 * 1024 * 1024 + 17  # downloaded whole: bigger than one read, not a round number
-# What each server's close() path is handling when the client reset the connection.
-CLIENT_GONE = {"BrokenPipeError", "ConnectionResetError", "ClientDisconnected"}
 
 
 class Site:
