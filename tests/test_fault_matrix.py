@@ -25,7 +25,6 @@ what it saw there (``docs/reliability.md`` shows one).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import uuid
@@ -34,26 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyserver
 import pytest
+import serverkit
 from apps.fault_client import CLIENTS, Outcome, request
-from apps.fault_mod_wsgi import apache_tmp_dir, mod_wsgi_missing, run_mod_wsgi
-from apps.fault_uwsgi import run_uwsgi, uwsgi_missing
-from serverkit import (
-    CLIENT_GONE,
-    MORE_SERVERS,
-    RECORD_DIR_ENV,
-    SERVERS,
-    Server,
-    read_records,
-    run_server,
-    server_missing,
-)
+from serverkit import CLIENT_GONE, RECORD_DIR_ENV
 
 APP = "fault_app:application"
 TMP_DIR_ENV = "CLEANUP_TMP_DIR"  # fault_app.TMP_DIR_ENV
 # Not meinheld: built against today's greenlet (its own pin does not build), meinheld 1.0.2
 # segfaults now and then on a client that goes away, with or without the middleware.
-SERVER_KINDS = (*SERVERS, "uwsgi", *(s for s in MORE_SERVERS if s != "meinheld"), "mod_wsgi")
+# Nor mod_wsgi's embedded mode: daemon mode is mod_wsgi's default.
+SERVER_KINDS = tuple(s for s in anyserver.ALL_SERVERS if s not in ("meinheld", "mod_wsgi-embedded"))
 # The servers without a wsgi.file_wrapper: a send_file body is werkzeug's own wrapper there.
 NO_FILE_WRAPPER = ("werkzeug", "cheroot")
 
@@ -106,20 +97,8 @@ RESULTS: dict[tuple[str, str, str], str] = {}
 FILE_BODIES: dict[str, str] = {}
 
 
-class Site:
-    """A running server and the directories its app writes to."""
-
-    def __init__(self, server: Server, records: Path, files: Path) -> None:
-        self.server = server
-        self.records = records
-        self.files = files
-
-    @property
-    def name(self) -> str:
-        return self.server.name
-
-    def of(self, token: str) -> list[dict[str, Any]]:
-        return [r for r in read_records(self.records) if r.get("token") == token]
+class Site(serverkit.Site):
+    """A server of the matrix, which can wait for a request's hooks to finish."""
 
     def wait_done(self, token: str, timeout: float = 15.0) -> list[dict[str, Any]]:
         """The request's records once its witness (entered first, so run last) has run.
@@ -151,28 +130,14 @@ def site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
     name: str = request.param
-    if name == "uwsgi" and (missing := uwsgi_missing()):
+    if missing := anyserver.missing(name):
         pytest.skip(missing)
-    if name == "mod_wsgi" and (missing := mod_wsgi_missing()):
-        pytest.skip(missing)
-    if name in MORE_SERVERS and (missing := server_missing(name)):
-        pytest.skip(missing)
-    with contextlib.ExitStack() as stack:
-        if name == "mod_wsgi":
-            base = stack.enter_context(apache_tmp_dir(name))
-        else:
-            base = tmp_path_factory.mktemp(name)
+    with anyserver.server_dir(name, tmp_path_factory) as base:
         records, files = base / "records", base / "files"
         records.mkdir()
         files.mkdir()
         env = {RECORD_DIR_ENV: str(records), TMP_DIR_ENV: str(files)}
-        if name == "uwsgi":
-            manager = run_uwsgi(APP, env=env, log_dir=base)
-        elif name == "mod_wsgi":
-            manager = run_mod_wsgi(APP, env=env, log_dir=base)
-        else:
-            manager = run_server(name, APP, env=env, log_dir=base)
-        with manager as server:
+        with anyserver.run(name, APP, env=env, log_dir=base) as server:
             yield Site(server, records, files)
             leftovers = sorted(os.listdir(files))
     assert leftovers == [], f"temporary files left behind under {name}: {leftovers}"

@@ -32,20 +32,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyserver
 import pytest
-from apps.fault_mod_wsgi import apache_tmp_dir, mod_wsgi_missing, run_mod_wsgi
-from apps.fault_uwsgi import run_uwsgi, uwsgi_missing
-from serverkit import (
-    HOST,
-    MORE_SERVERS,
-    RECORD_DIR_ENV,
-    SERVERS,
-    Server,
-    read_records,
-    run_server,
-    server_missing,
-    wait_for_records,
-)
+from anyserver import ALL_SERVERS
+from serverkit import HOST, RECORD_DIR_ENV, Server, read_records, wait_for_records
 
 APP = "sendfile_app:application"
 TMP_DIR_ENV = "CLEANUP_TMP_DIR"  # appkit.TMP_DIR_ENV
@@ -74,23 +64,10 @@ SENDS_WITH_SENDFILE = {
 #: of 64, every time), while the same file through the middleware arrives whole. The bare
 #: download of those servers is only required to start.
 CUTS_BARE_SHORT = ("meinheld",)
-ALL_SERVERS = (*SERVERS, "uwsgi", *MORE_SERVERS, "mod_wsgi", "mod_wsgi-embedded")
 STRACE = shutil.which("strace")
 
 # About a minute for every server: make test-servers runs it, make test does not.
 pytestmark = pytest.mark.servers
-
-
-def _missing(name: str) -> str | None:
-    if STRACE is None:
-        return "strace is not installed: apt-get install strace"
-    if name == "uwsgi":
-        return uwsgi_missing()
-    if name.startswith("mod_wsgi"):
-        return mod_wsgi_missing()
-    if name in MORE_SERVERS:
-        return server_missing(name)
-    return None
 
 
 class Traced:
@@ -184,13 +161,11 @@ def traced(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Traced]:
     name: str = request.param
-    if missing := _missing(name):
+    if STRACE is None:
+        pytest.skip("strace is not installed: apt-get install strace")
+    if missing := anyserver.missing(name):
         pytest.skip(missing)
-    with contextlib.ExitStack() as stack:
-        if name.startswith("mod_wsgi"):
-            base = stack.enter_context(apache_tmp_dir(name))
-        else:
-            base = tmp_path_factory.mktemp(name)
+    with anyserver.server_dir(name, tmp_path_factory) as base:
         yield from _traced(name, base)
 
 
@@ -204,20 +179,7 @@ def _traced(name: str, base: Path) -> Iterator[Traced]:
     prefix = [STRACE, "-f", "-qq", "--seccomp-bpf", "-e", "trace=sendfile", "-e", "signal=none"]
     prefix += ["-o", os.fspath(trace)]
     env = {RECORD_DIR_ENV: os.fspath(records), TMP_DIR_ENV: os.fspath(files)}
-    manager: contextlib.AbstractContextManager[Server]
-    if name == "uwsgi":
-        manager = run_uwsgi(APP, env=env, log_dir=base, command_prefix=prefix)
-    elif name.startswith("mod_wsgi"):
-        manager = run_mod_wsgi(
-            APP,
-            env=env,
-            log_dir=base,
-            embedded=name == "mod_wsgi-embedded",
-            command_prefix=prefix,
-        )
-    else:
-        manager = run_server(name, APP, env=env, log_dir=base, command_prefix=prefix)
-    with manager as server:
+    with anyserver.run(name, APP, env=env, log_dir=base, command_prefix=prefix) as server:
         yield Traced(server, trace, records)
     left = sorted(os.listdir(files))
     for bare in (f for f in left if f.startswith(BARE_PREFIX)):
