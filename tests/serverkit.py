@@ -59,6 +59,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = [
+    "CLIENT_GONE",
     "HOST",
     "MORE_SERVERS",
     "RECORD_DIR_ENV",
@@ -67,6 +68,8 @@ __all__ = [
     "Disconnected",
     "HttpResponse",
     "Server",
+    "Site",
+    "child_env",
     "disconnect_mid_body",
     "http_get",
     "launch",
@@ -83,7 +86,8 @@ __all__ = [
 SERVERS = ("gunicorn-sync", "gunicorn-gthread", "waitress", "werkzeug", "wsgiref")
 #: More servers it can start, where installed (:func:`server_missing` says why not):
 #: gunicorn's gevent and eventlet workers, cheroot (CherryPy's server), bjoern and meinheld.
-#: mod_wsgi, which runs under Apache, has a harness of its own (``tests/apps/fault_mod_wsgi.py``).
+#: mod_wsgi, which runs under Apache, has a harness of its own (``tests/apps/fault_mod_wsgi.py``),
+#: as uWSGI has; ``tests/anyserver.py`` starts any of them by name.
 MORE_SERVERS = ("gunicorn-gevent", "gunicorn-eventlet", "cheroot", "bjoern", "meinheld")
 #: gunicorn 26 removed the eventlet worker: it runs from a virtual environment of its own with
 #: gunicorn 25.3 and eventlet (``make test-servers`` makes it); ``$EVENTLET_PYTHON`` names another.
@@ -109,6 +113,10 @@ _REQUIREMENTS = {
 }
 #: The servers that send ``wsgi.file_wrapper`` bodies with ``sendfile()``.
 SENDFILE_SERVERS = ("gunicorn-sync", "gunicorn-gthread")
+
+#: What a server's ``close()`` path is handling when the client reset the connection, on the
+#: servers that tell: the exception types' names, as an ``enter_context`` witness records them.
+CLIENT_GONE = frozenset({"BrokenPipeError", "ConnectionResetError", "ClientDisconnected"})
 
 #: Environment variable naming the directory :func:`record` writes to.
 RECORD_DIR_ENV = "CLEANUP_RECORD_DIR"
@@ -249,6 +257,27 @@ class Server:
         return f"{self.name} serving {self.app} ({status}); server log:\n{self.log()}"
 
 
+class Site:
+    """A running server and the directories its app writes to: records and files."""
+
+    def __init__(self, server: Server, records: Path, files: Path) -> None:
+        self.server = server
+        self.records = records
+        self.files = files
+
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+    def of(self, token: str, event: str | None = None) -> list[dict[str, Any]]:
+        """The records of the request with ``token`` (of one ``event``), oldest first."""
+        return [
+            r
+            for r in read_records(self.records)
+            if r.get("token") == token and (event is None or r["event"] == event)
+        ]
+
+
 def server_missing(name: str) -> str | None:
     """Why server ``name`` of :data:`MORE_SERVERS` cannot run here, or None when it can."""
     if name == "gunicorn-eventlet":
@@ -294,9 +323,11 @@ def _command(
     raise ValueError(f"unknown server {name!r}; choose from {', '.join((*SERVERS, *MORE_SERVERS))}")
 
 
-def _child_env(
-    env: Mapping[str, str] | None, pythonpath: Sequence[str | os.PathLike[str]]
+def child_env(
+    env: Mapping[str, str] | None, pythonpath: Sequence[str | os.PathLike[str]] = ()
 ) -> dict[str, str]:
+    """The environment of a server child: ours, with ``tests/apps`` and ``tests`` (after
+    ``pythonpath``) on its module path, unbuffered output, and ``env`` over it."""
     child = dict(os.environ)
     # Settings meant for another gunicorn must not leak into ours.
     child.pop("GUNICORN_CMD_ARGS", None)
@@ -334,7 +365,7 @@ def start_server(
         [*command_prefix, *_command(name, fd, app, gunicorn_config)],
         listener=listener,
         port=port,
-        env=_child_env(env, pythonpath),
+        env=child_env(env, pythonpath),
         log_path=new_log_path(log_dir, name),
         pass_fds=(fd,),
         ready_path=ready_path,

@@ -109,7 +109,7 @@ def run_serve(args: list[str], env: dict[str, str], log_dir: Path) -> Iterator[S
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=serverkit._child_env(env, ()),
+                env=serverkit.child_env(env),
                 pass_fds=(fd,),
                 start_new_session=True,
             )
@@ -130,7 +130,7 @@ def start_and_fail(command: list[str], cwd: Path) -> subprocess.CompletedProcess
     return subprocess.run(
         command,
         cwd=cwd,
-        env=serverkit._child_env({}, ()),
+        env=serverkit.child_env({}),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -382,7 +382,7 @@ def test_check_a_hook_module_that_exits_or_is_interrupted_at_import(
     path.write_text('[[hooks]]\ncall = "misbehaving_hooks:f"\n')
     result = subprocess.run(
         [str(SCRIPT), "check", str(path)],
-        env=serverkit._child_env({}, (tmp_path,)),
+        env=serverkit.child_env({}, (tmp_path,)),
         capture_output=True,
         text=True,
         timeout=60,
@@ -420,7 +420,7 @@ def test_check_refuses_unknown_options(config: Path, capsys: pytest.CaptureFixtu
 
 def test_console_script(tmp_path: Path, config: Path) -> None:
     """The installed command, as CI would run it: exit status 0, then 1 for a mistake."""
-    env = serverkit._child_env({}, ())
+    env = serverkit.child_env({})
     good = subprocess.run(
         [str(SCRIPT), "check", str(config)], env=env, capture_output=True, text=True, timeout=60
     )

@@ -10,7 +10,10 @@ request to ``tests/apps/fault_app.py`` under a real server and checks, from outs
 * the server still answers the next request (``/ping``);
 * what the client saw, where that is certain (a full read of a good response is complete);
 * a ``send_file`` body went back to the server as its own ``wsgi.file_wrapper`` object (so
-  ``sendfile()`` stays possible) wherever the server has one.
+  ``sendfile()`` stays possible) wherever the server has one;
+* what the witness was told when the client reset the connection in the middle of a large body:
+  the server's error (one of :data:`serverkit.CLIENT_GONE`), or nothing on the servers that
+  close the body without one (:data:`SILENT_ON_LOST_CLIENT`, as ``docs/servers.md`` says).
 
 One server per kind for the whole module (a module-scoped fixture, so pytest runs all cases of a
 server before starting the next); every application behaviour is a route of one app. uWSGI runs
@@ -22,7 +25,6 @@ what it saw there (``docs/reliability.md`` shows one).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import uuid
@@ -31,27 +33,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyserver
 import pytest
+import serverkit
 from apps.fault_client import CLIENTS, Outcome, request
-from apps.fault_mod_wsgi import apache_tmp_dir, mod_wsgi_missing, run_mod_wsgi
-from apps.fault_uwsgi import run_uwsgi, uwsgi_missing
-from serverkit import (
-    MORE_SERVERS,
-    RECORD_DIR_ENV,
-    SERVERS,
-    Server,
-    read_records,
-    run_server,
-    server_missing,
-)
+from serverkit import CLIENT_GONE, RECORD_DIR_ENV
 
 APP = "fault_app:application"
 TMP_DIR_ENV = "CLEANUP_TMP_DIR"  # fault_app.TMP_DIR_ENV
 # Not meinheld: built against today's greenlet (its own pin does not build), meinheld 1.0.2
 # segfaults now and then on a client that goes away, with or without the middleware.
-SERVER_KINDS = (*SERVERS, "uwsgi", *(s for s in MORE_SERVERS if s != "meinheld"), "mod_wsgi")
+# Nor mod_wsgi's embedded mode: daemon mode is mod_wsgi's default.
+SERVER_KINDS = tuple(s for s in anyserver.ALL_SERVERS if s not in ("meinheld", "mod_wsgi-embedded"))
 # The servers without a wsgi.file_wrapper: a send_file body is werkzeug's own wrapper there.
 NO_FILE_WRAPPER = ("werkzeug", "cheroot")
+
+# The servers that call close() with no exception when the client went away: uWSGI clears it
+# first, bjoern and mod_wsgi never raise one (docs/servers.md, "A lost client").
+SILENT_ON_LOST_CLIENT = ("uwsgi", "bjoern", "mod_wsgi")
+# The behaviours whose body goes out unchanged and whole for as long as the client stays, so a
+# client that leaves meets the server writing it, and nothing else fails.
+STREAMED = ("list", "generator", "send_file", "range")
 
 FULL = 200 * 1024 + 17  # read whole: several chunks, not a round number
 # Far more than the socket buffers hold, so a client that leaves is noticed mid-body. Files are
@@ -95,20 +97,8 @@ RESULTS: dict[tuple[str, str, str], str] = {}
 FILE_BODIES: dict[str, str] = {}
 
 
-class Site:
-    """A running server and the directories its app writes to."""
-
-    def __init__(self, server: Server, records: Path, files: Path) -> None:
-        self.server = server
-        self.records = records
-        self.files = files
-
-    @property
-    def name(self) -> str:
-        return self.server.name
-
-    def of(self, token: str) -> list[dict[str, Any]]:
-        return [r for r in read_records(self.records) if r.get("token") == token]
+class Site(serverkit.Site):
+    """A server of the matrix, which can wait for a request's hooks to finish."""
 
     def wait_done(self, token: str, timeout: float = 15.0) -> list[dict[str, Any]]:
         """The request's records once its witness (entered first, so run last) has run.
@@ -140,28 +130,14 @@ def site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
     name: str = request.param
-    if name == "uwsgi" and (missing := uwsgi_missing()):
+    if missing := anyserver.missing(name):
         pytest.skip(missing)
-    if name == "mod_wsgi" and (missing := mod_wsgi_missing()):
-        pytest.skip(missing)
-    if name in MORE_SERVERS and (missing := server_missing(name)):
-        pytest.skip(missing)
-    with contextlib.ExitStack() as stack:
-        if name == "mod_wsgi":
-            base = stack.enter_context(apache_tmp_dir(name))
-        else:
-            base = tmp_path_factory.mktemp(name)
+    with anyserver.server_dir(name, tmp_path_factory) as base:
         records, files = base / "records", base / "files"
         records.mkdir()
         files.mkdir()
         env = {RECORD_DIR_ENV: str(records), TMP_DIR_ENV: str(files)}
-        if name == "uwsgi":
-            manager = run_uwsgi(APP, env=env, log_dir=base)
-        elif name == "mod_wsgi":
-            manager = run_mod_wsgi(APP, env=env, log_dir=base)
-        else:
-            manager = run_server(name, APP, env=env, log_dir=base)
-        with manager as server:
+        with anyserver.run(name, APP, env=env, log_dir=base) as server:
             yield Site(server, records, files)
             leftovers = sorted(os.listdir(files))
     assert leftovers == [], f"temporary files left behind under {name}: {leftovers}"
@@ -262,6 +238,15 @@ def _check_records(records: list[dict[str, Any]], behaviour: Behaviour, name: st
         assert witness["failure"] == "AppFailure"
 
 
+def _check_lost_client(records: list[dict[str, Any]], server: str) -> None:
+    """The witness of a streamed body whose client left was told so, where the server tells."""
+    [witness] = [r for r in records if r["event"] == "ran" and r["via"] == "witness"]
+    if server in SILENT_ON_LOST_CLIENT:
+        assert witness["failure"] is None, f"{server} now tells a lost client: {witness}"
+    else:
+        assert witness["failure"] in CLIENT_GONE, f"{server} did not tell a lost client: {witness}"
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("name", list(BEHAVIOURS))
 def test_fault_matrix(site: Site, name: str, client: str) -> None:
@@ -287,6 +272,8 @@ def test_fault_matrix(site: Site, name: str, client: str) -> None:
         assert site.name == "werkzeug", f"{site.name} never closed the response: {warning}"
     if client == "reads_all":
         _check_full_read(name, outcome, token, site.name)
+    elif name in STREAMED:
+        _check_lost_client(records, site.name)
     if name == "send_file":
         [returned] = [r["kind"] for r in records if r["event"] == "returned"]
         FILE_BODIES[site.name] = returned

@@ -19,18 +19,17 @@ import http.client
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+import serverkit
 from serverkit import (
+    CLIENT_GONE,
     RECORD_DIR_ENV,
     SENDFILE_SERVERS,
     SERVERS,
-    Server,
     disconnect_mid_body,
     http_get,
-    read_records,
     run_server,
     wait_for_records,
     write_sendfile_probe_config,
@@ -43,32 +42,13 @@ TMP_DIR_ENV = "CLEANUP_TMP_DIR"  # appkit.TMP_DIR_ENV: where the apps make their
 # noticed by the server, yet nothing is written to disk.
 HUGE = 256 * 1024 * 1024
 FULL = 3 * 1024 * 1024 + 17  # downloaded whole: bigger than one read, not a round number
-# What each server's close() path is handling when the client reset the connection.
-CLIENT_GONE = {"BrokenPipeError", "ConnectionResetError", "ClientDisconnected"}
 
 
-class Site:
-    """A running server with the directories its apps write to."""
-
-    def __init__(self, server: Server, records: Path, files: Path) -> None:
-        self.server = server
-        self.records = records
-        self.files = files
-
-    @property
-    def name(self) -> str:
-        return self.server.name
+class Site(serverkit.Site):
+    """A server of this module, with its URLs and the barrier request."""
 
     def url(self, path: str) -> str:
         return self.server.url + path
-
-    def of(self, token: str, event: str | None = None) -> list[dict[str, Any]]:
-        """The records of the request with ``token`` (of one ``event``), oldest first."""
-        return [
-            r
-            for r in read_records(self.records)
-            if r.get("token") == token and (event is None or r["event"] == event)
-        ]
 
     def wait_closed(self, token: str) -> list[dict[str, Any]]:
         """Wait for the request's ``close()`` to finish, then barrier; return its records.

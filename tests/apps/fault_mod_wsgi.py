@@ -151,6 +151,12 @@ def run_mod_wsgi(
                 "1",
                 "--threads",
                 str(threads),
+                # One Apache child, of 10 threads, for the whole run. By default express allows
+                # two and keeps 10 threads spare, so a download in progress makes Apache start
+                # a second child at its next once-a-second check: which requests that child
+                # serves, and what it weighs, would depend on timing.
+                "--max-clients",
+                "10",
                 "--enable-sendfile",
                 "--log-to-terminal",
                 "--shutdown-timeout",

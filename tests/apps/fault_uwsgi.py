@@ -18,12 +18,8 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 
-from serverkit import Server, launch, listening_socket, new_log_path
-
-TESTS_DIR = Path(__file__).resolve().parent.parent
-APPS_DIR = TESTS_DIR / "apps"
+from serverkit import Server, child_env, launch, listening_socket, new_log_path
 
 _RUN = "import sys; from pyuwsgi import run; sys.argv[0] = 'uwsgi'; sys.exit(run())"
 
@@ -35,17 +31,6 @@ def uwsgi_missing() -> str | None:
     if importlib.util.find_spec("pyuwsgi") is None:
         return "pyuwsgi is not installed (pip install pyuwsgi, part of the 'test' extra on Linux)"
     return None
-
-
-def _env(env: Mapping[str, str] | None) -> dict[str, str]:
-    child = dict(os.environ)
-    paths = [os.fspath(APPS_DIR), os.fspath(TESTS_DIR)]
-    if child.get("PYTHONPATH"):
-        paths.append(child["PYTHONPATH"])
-    child["PYTHONPATH"] = os.pathsep.join(paths)
-    child["PYTHONUNBUFFERED"] = "1"
-    child.update(env or {})
-    return child
 
 
 @contextlib.contextmanager
@@ -88,7 +73,7 @@ def run_uwsgi(
         cmd,
         listener=listener,
         port=port,
-        env=_env(env),
+        env=child_env(env),
         log_path=new_log_path(log_dir, "uwsgi"),
         stdin=listener,  # uWSGI adopts a socket on fd 0 as its own
         ready_path="/__ready__",
