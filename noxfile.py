@@ -12,8 +12,8 @@ project installed editable. A user has none of that, so ``make test-matrix`` run
   (``--resolution lowest-direct``), so the declared floors are what is tested.
 
 ``make dist`` runs ``dist``: it builds the sdist and, from it, the wheel, and fails on a warning
-from the build backend, on ``twine check --strict``, or when an archive lacks the licence file or
-the sdist carries tests.
+from the build backend, on ``twine check --strict``, when an archive lacks the licence file, the
+sdist the C source or the wheel the compiled C base, or when the sdist carries tests.
 
 Interpreters are looked for on ``PATH``, then in pyenv's ``versions/`` directory (``$PYENV_ROOT``
 or ``~/.pyenv``): a pyenv shim runs only the versions that pyenv has selected.
@@ -53,6 +53,8 @@ where = pathlib.Path(cleanup_middleware.__file__).resolve()
 if not where.is_relative_to(pathlib.Path(sys.prefix).resolve()):
     sys.exit(f"cleanup_middleware imported from {where}, not from the environment {sys.prefix}")
 print("cleanup_middleware from", where.parent)
+from cleanup_middleware import cleanup
+print("ResponseCleanup's base:", cleanup.ResponseCleanup.__mro__[1])
 installed = importlib.metadata.distributions()
 print(" ".join(sorted(f"{dist.metadata['Name'].lower()}=={dist.version}" for dist in installed)))
 """
@@ -60,6 +62,15 @@ print(" ".join(sorted(f"{dist.metadata['Name'].lower()}=={dist.version}" for dis
 # What may not appear in the build's output: a warning of the backend (build prints them as
 # "WARNING message"), a Python warning category, a deprecation. (distutils' lower-case
 # "warning:" notes, such as byte-compiling being off, are not about the project.)
+# Run once more on the pure-Python base (as in the Makefile's CORE_TESTS).
+CORE_TESTS = [
+    "test_semantics.py",
+    "test_hardening.py",
+    "test_bodies.py",
+    "test_properties.py",
+    "test_leaks.py",
+]
+
 BUILD_WARNING = re.compile(r"WARNING|Warning\b|[Dd]eprecat")
 
 
@@ -91,21 +102,37 @@ def _add_pyenv_interpreters() -> None:
 
 
 _add_pyenv_interpreters()
-_wheels: list[Path] = []
+_wheels: dict[str, Path] = {}
 
 
 def _wheel(session: nox.Session) -> Path:
-    """The project's wheel, built once per nox run by nox's own environment (the matrix extra
-    has build), so that no test environment holds more than the project's requirements."""
-    if not _wheels:
-        out = ROOT / ".nox" / "_wheel"
+    """The project's wheel for the session's Python (its C extension is built for that one),
+    built once per nox run by uv from nox's own environment (the matrix extra has uv), so that
+    no test environment holds more than the project's requirements."""
+    python = Path(session.bin) / "python"
+    version = session.run(
+        str(python), "-c", "import sys; print(sys.implementation.cache_tag)", silent=True
+    )
+    assert isinstance(version, str)
+    tag = version.strip()
+    if tag not in _wheels:
+        out = ROOT / ".nox" / "_wheel" / tag
         shutil.rmtree(out, ignore_errors=True)
         session.run(
-            sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(ROOT), external=True
+            sys.executable,
+            "-m",
+            "uv",
+            "build",
+            "--wheel",
+            "--python",
+            str(python),
+            "--out-dir",
+            str(out),
+            str(ROOT),
+            external=True,
         )
-        _wheels.extend(out.glob("*.whl"))
-    [wheel] = _wheels
-    return wheel
+        [_wheels[tag]] = out.glob("*.whl")
+    return _wheels[tag]
 
 
 def _pytest(session: nox.Session) -> None:
@@ -128,6 +155,20 @@ def _pytest(session: nox.Session) -> None:
         str(ROOT / "tests"),
         *session.posargs,
     )
+    if not session.posargs:
+        # As make test: the core tests once more on the pure-Python base of ResponseCleanup.
+        session.run(
+            "python",
+            "-m",
+            "pytest",
+            f"--rootdir={ROOT}",
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            "-p",
+            "no:cacheprovider",
+            *(str(ROOT / "tests" / name) for name in CORE_TESTS),
+            env={"CLEANUP_MIDDLEWARE_PURE_PYTHON": "1"},
+        )
 
 
 @nox.session(python=PYTHONS)
@@ -181,6 +222,12 @@ def dist(session: nox.Session) -> None:
         problems.append(f"{sdist.name} has no LICENSE")
     if not any(name.endswith(".dist-info/licenses/LICENSE") for name in wheel_files):
         problems.append(f"{wheel.name} has no .dist-info/licenses/LICENSE")
+    # The C base is optional for a user's build from the sdist, not for the release's wheel.
+    if not any(name.startswith("cleanup_middleware/_speedups.") for name in wheel_files):
+        problems.append(f"{wheel.name} lacks the C extension cleanup_middleware._speedups")
+    for source in ("cleanup_middleware/_speedups.c", "setup.py"):
+        if source not in sdist_files:
+            problems.append(f"{sdist.name} has no {source}")
     # The suite needs the whole repository (servers' apps, examples, docs): not shipped.
     shipped_tests = sorted(name for name in sdist_files | wheel_files if name.startswith("tests/"))
     if shipped_tests:

@@ -19,6 +19,7 @@ path without standing between the server and the body's chunks:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -114,7 +115,72 @@ class _HandOff:
         hand_off(self.cleanup, self.work, self.environ)
 
 
-class ResponseCleanup:
+class _PythonResponseCleanupBase:
+    """The slots, ``__iter__`` and garbage-collection net of :class:`ResponseCleanup`.
+
+    The same as ``_speedups.ResponseCleanupBase``, whose C saves each request two calls into
+    Python code: the server's ``iter(body)`` and ``__del__`` (see :func:`_base_class`).
+    """
+
+    # Set by CleanupMiddleware, which builds the object without __init__ to keep each request
+    # cheap: _environ and _hooks at once, _body and _close_body when the application returned
+    # (or _close_body = None when it raised). _failure is set only when the request failed.
+    __slots__ = ("_body", "_close_body", "_environ", "_failure", "_hooks")
+
+    _environ: WSGIEnvironment | None  # None from the moment close() starts: it runs once
+    _hooks: list[_Hook] | tuple[()]  # _CLOSED once close() took the last hook
+    _failure: BaseException
+    _body: Iterable[bytes]  # the body this object iterates as, if any
+    _close_body: Callable[[], object] | None  # the body's own close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        # The body's own iterator: the server's next() calls never enter Python code of ours.
+        return iter(self._body)
+
+    def __del__(self) -> None:
+        # A last resort for a server or outer middleware that never calls close(): the hooks
+        # run when the garbage collector reclaims the request, whenever and in whatever thread
+        # that happens.
+        try:
+            environ = self._environ
+        except AttributeError:  # never filled in by the middleware: nothing to close
+            return
+        if environ is not None:
+            self._close_abandoned(environ)
+
+    def _close_abandoned(self, environ: WSGIEnvironment) -> None:
+        raise NotImplementedError  # ResponseCleanup's
+
+
+#: Set (to anything but ``0``), the environment variable that keeps the C base out.
+PURE_PYTHON_ENV_VAR = "CLEANUP_MIDDLEWARE_PURE_PYTHON"
+
+
+def _base_class() -> type[_PythonResponseCleanupBase]:
+    """The C base from ``_speedups`` if it imports and may be used, else the Python one.
+
+    :data:`PURE_PYTHON_ENV_VAR` asks for the Python one. So does a free-threaded build running
+    without the GIL: the extension does not declare that it runs so, and importing it would turn
+    the GIL back on.
+    """
+    if os.environ.get(PURE_PYTHON_ENV_VAR, "") not in ("", "0") or _GIL_DISABLED:
+        return _PythonResponseCleanupBase
+    try:
+        from ._speedups import ResponseCleanupBase
+    except ImportError:
+        return _PythonResponseCleanupBase
+    return ResponseCleanupBase  # type: ignore[return-value]
+
+
+if TYPE_CHECKING:
+    _ResponseCleanupBase = _PythonResponseCleanupBase
+else:
+    _ResponseCleanupBase = _base_class()
+#: Whether :class:`ResponseCleanup` has the C base of ``cleanup_middleware._speedups``.
+SPEEDUPS = _ResponseCleanupBase is not _PythonResponseCleanupBase
+
+
+class ResponseCleanup(_ResponseCleanupBase):
     """The hooks of one response, run exactly once when the server closes its body.
 
     Not created by users: :class:`~cleanup_middleware.CleanupMiddleware` makes one per request,
@@ -139,16 +205,8 @@ class ResponseCleanup:
     with such an operation, under the lock.
     """
 
-    # Set by CleanupMiddleware, which builds the object without __init__ to keep each request
-    # cheap: _environ and _hooks at once, _body and _close_body when the application returned
-    # (or _close_body = None when it raised). _failure is set only when the request failed.
-    __slots__ = ("_body", "_close_body", "_environ", "_failure", "_hooks")
-
-    _environ: WSGIEnvironment | None  # None from the moment close() starts: it runs once
-    _hooks: list[_Hook] | tuple[()]  # _CLOSED once close() took the last hook
-    _failure: BaseException
-    _body: Iterable[bytes]  # the body this object iterates as, if any
-    _close_body: Callable[[], object] | None  # the body's own close()
+    # The slots, __iter__ and the garbage-collection net's __del__ are the base's.
+    __slots__ = ()
 
     #: After every hook ran, raise a hook's exception from :meth:`close` instead of only
     #: logging it. ``CleanupMiddleware(on_hook_error="raise")`` uses a subclass that sets it.
@@ -222,10 +280,6 @@ class ResponseCleanup:
         self._close_body = close_body
         return True
 
-    def __iter__(self) -> Iterator[bytes]:
-        # The body's own iterator: the server's next() calls never enter Python code of ours.
-        return iter(self._body)
-
     def close(self) -> None:
         """Close the body, then run every hook once, last-registered-first.
 
@@ -288,14 +342,8 @@ class ResponseCleanup:
         if hook_error is not None and self.raise_hook_errors:
             raise hook_error
 
-    def __del__(self) -> None:
-        # A last resort for a server or outer middleware that never calls close(): the hooks
-        # run when the garbage collector reclaims the request, whenever and in whatever thread
-        # that happens.
-        if self._environ is not None:
-            self._close_abandoned(self._environ)
-
     def _close_abandoned(self, environ: WSGIEnvironment) -> None:
+        # Called by the base when the garbage collector reclaims a response never closed.
         # Whatever exception the collecting thread is handling belongs to other code.
         if self.failure is None:
             self._failure = _UNKNOWN

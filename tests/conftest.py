@@ -1,8 +1,17 @@
-"""Shared pytest configuration: only options here, so every test module can rely on it."""
+"""Shared pytest configuration: options and the report header, for every test module."""
 
 from __future__ import annotations
 
 import pytest
+
+from cleanup_middleware import cleanup
+
+
+def pytest_report_header() -> str:
+    # Which ResponseCleanup base the run tests (make test runs the core tests on both).
+    if cleanup.SPEEDUPS:
+        return "cleanup_middleware: the C base of cleanup_middleware._speedups"
+    return f"cleanup_middleware: the pure-Python base ({cleanup.PURE_PYTHON_ENV_VAR} or no build)"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -237,6 +237,38 @@ def fresh_rate_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(core, "_abandoned_unreported", 0)
 
 
+def test_the_gc_net_keeps_an_exception_that_is_propagating_while_it_runs(
+    fresh_rate_limit: None,
+) -> None:
+    ran: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, ran.append, "hook")
+        return hello(environ, start_response)
+
+    middleware = CleanupMiddleware(app)
+
+    def unclosed_body() -> Any:
+        environ = make_environ()
+        body = middleware(environ, start_response)
+        # Without the environ's reference to it, the response is freed by reference counting,
+        # not left to a collection (which never starts while an exception is propagating).
+        del environ[ENVIRON_KEY]
+        return body
+
+    def bodies() -> Iterator[Any]:
+        yield unclosed_body()
+        raise KeyError("the app's error")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        # list() drops the body it collected, and so runs the net, with the KeyError set: the
+        # net must neither lose it nor fail for it.
+        with pytest.raises(KeyError, match="the app's error"):
+            list(bodies())
+    assert ran == ["hook"]
+
+
 def test_the_gc_net_runs_the_hooks_before_a_warning_filter_can_raise(
     fresh_rate_limit: None,
 ) -> None:

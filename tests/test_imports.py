@@ -7,17 +7,18 @@ a meta path finder makes chosen modules fail to import, as they do when not inst
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 from packaging.requirements import Requirement
 
 import cleanup_middleware
-from cleanup_middleware import config, middleware
+from cleanup_middleware import cleanup, config, middleware
 
 # The modules that the package used to import eagerly and a request never needs.
 CONFIG_MACHINERY = ["argparse", "difflib", "inspect", "tomllib", "tomli"]
@@ -29,7 +30,7 @@ class Blocker:
     def find_spec(self, name, path=None, target=None):
         top = name.partition(".")[0]
         third_party = top not in sys.stdlib_module_names and top != "cleanup_middleware"
-        if top in BLOCKED or (ONLY_STDLIB and third_party):
+        if top in BLOCKED or name in BLOCKED or (ONLY_STDLIB and third_party):
             raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
         return None
 
@@ -37,10 +38,23 @@ sys.meta_path.insert(0, Blocker())
 """
 
 
-def run_python(code: str, *, blocked: Sequence[str] = (), only_stdlib: bool = False) -> str:
-    """Run ``code`` with ``blocked`` (or, with ``only_stdlib``, every third-party module)
-    failing to import; return its output, failing the test if it exits non-zero."""
+def run_python(
+    code: str,
+    *,
+    blocked: Sequence[str] = (),
+    only_stdlib: bool = False,
+    environ: Mapping[str, str | None] | None = None,
+) -> str:
+    """Run ``code`` with ``blocked`` (a module or, at the top level, its package; with
+    ``only_stdlib``, every third-party module) failing to import, and the environment variables
+    of ``environ`` set (or, given ``None``, unset); return its output, failing the test if it
+    exits non-zero."""
     env = {k: v for k, v in os.environ.items() if k != middleware.CONFIG_ENV_VAR}
+    for name, value in (environ or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     prelude = f"BLOCKED = {set(blocked)!r}\nONLY_STDLIB = {only_stdlib!r}\n{BLOCKER}"
     result = subprocess.run(
         [sys.executable, "-c", prelude + textwrap.dedent(code)],
@@ -83,12 +97,60 @@ def test_core_needs_only_the_standard_library_and_not_the_config_machinery() -> 
         "[]",
         str(
             [
+                *([SPEEDUPS_MODULE] if cleanup.SPEEDUPS else []),
                 "cleanup_middleware.cleanup",
                 "cleanup_middleware.files",
                 "cleanup_middleware.middleware",
             ]
         ),
     ]
+
+
+SPEEDUPS_MODULE = "cleanup_middleware._speedups"
+# Whether this installation has the C base (the build leaves it out where it does not compile).
+HAVE_SPEEDUPS = importlib.util.find_spec(SPEEDUPS_MODULE) is not None
+
+
+@pytest.mark.parametrize(
+    ("variable", "prelude", "blocked", "speedups"),
+    [
+        (None, "", [], HAVE_SPEEDUPS),
+        ("0", "", [], HAVE_SPEEDUPS),
+        ("1", "", [], False),
+        # Not built (no compiler): the Python base.
+        (None, "", [SPEEDUPS_MODULE], False),
+        # A free-threaded build without the GIL: never imported, which would enable the GIL.
+        (None, "sys._is_gil_enabled = lambda: False", [], False),
+    ],
+)
+def test_the_c_base_is_used_when_installed_and_allowed_else_the_python_one(
+    variable: str | None, prelude: str, blocked: list[str], speedups: bool
+) -> None:
+    output = run_python(
+        f"""
+        {prelude}
+        from cleanup_middleware import CleanupMiddleware, add_cleanup, cleanup
+
+        closed = []
+
+        def app(environ, start_response):
+            add_cleanup(environ, closed.append, "hook")
+            start_response("200 OK", [])
+            return [b"body"]
+
+        environ = {{"REQUEST_METHOD": "GET", "PATH_INFO": "/"}}
+        body = CleanupMiddleware(app)(environ, lambda status, headers, exc_info=None: None)
+        assert list(body) == [b"body"]
+        body.close()
+        assert closed == ["hook"], closed
+        base = cleanup.ResponseCleanup.__mro__[1]
+        print(cleanup.SPEEDUPS, base.__module__, {SPEEDUPS_MODULE!r} in sys.modules)
+        """,
+        blocked=blocked,
+        environ={cleanup.PURE_PYTHON_ENV_VAR: variable},
+    )
+    base_module = SPEEDUPS_MODULE if speedups else "cleanup_middleware.cleanup"
+    assert output.split() == [str(speedups), base_module, str(speedups)]
 
 
 def test_config_names_are_imported_on_first_use() -> None:

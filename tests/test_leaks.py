@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from apps.fault_inproc import FakeFileWrapper, WeakEnviron, make_environ, start_response
 
-from cleanup_middleware import CleanupMiddleware, add_cleanup, enter_context
+from cleanup_middleware import CleanupMiddleware, ResponseCleanup, add_cleanup, enter_context
 
 KINDS = ("list", "generator", "file", "context", "raise_before", "raise_mid")
 REQUESTS = 100_000
@@ -160,3 +160,36 @@ def test_closed_requests_leave_no_cycles(payload: str) -> None:
     finally:
         gc.enable()
     assert unreachable == 0, f"{unreachable} objects in reference cycles after 600 requests"
+
+
+class _Held:
+    """Something a response holds, referenced weakly to see it freed."""
+
+    def __call__(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("in_a_cycle", [False, True])
+def test_a_response_releases_what_its_slots_hold(in_a_cycle: bool) -> None:
+    # Every slot, on either base (the C one's dealloc, traverse and clear): one never filled in
+    # by the middleware, so that no close() empties it first.
+    response = ResponseCleanup()
+    held = {name: _Held() for name in ("_body", "_close_body", "_failure", "hook")}
+    response._body = held["_body"]  # type: ignore[assignment]
+    response._close_body = held["_close_body"]
+    response._failure = held["_failure"]  # type: ignore[assignment]
+    response._hooks = [held["hook"]]
+    if in_a_cycle:
+        response._hooks.append(response)  # type: ignore[arg-type]  # freed by the collector only
+    refs = {name: weakref.ref(obj) for name, obj in held.items()}
+    del held
+    gc.collect()
+    gc.disable()
+    try:
+        del response
+        if in_a_cycle:
+            assert all(ref() is not None for ref in refs.values())
+            gc.collect()
+    finally:
+        gc.enable()
+    assert [name for name, ref in refs.items() if ref() is not None] == []

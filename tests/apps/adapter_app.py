@@ -45,7 +45,9 @@ def _by_gc() -> bool:
     """Whether the running hook was called by the garbage-collection net, not by close()."""
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code.co_name == "__del__" and "cleanup_middleware" in frame.f_code.co_filename:
+        # The net's own Python function, called by __del__ or by the C base's finalizer.
+        code = frame.f_code
+        if code.co_name == "_close_abandoned" and "cleanup_middleware" in code.co_filename:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
