@@ -58,8 +58,12 @@ CleanupBase_finalize(CleanupBase *self)
     if (environ == NULL || environ == Py_None) {
         return;
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *error = PyErr_GetRaisedException();
+#else
     PyObject *error_type, *error_value, *error_traceback;
     PyErr_Fetch(&error_type, &error_value, &error_traceback);
+#endif
     Py_INCREF(environ);  /* close() sets _environ to None while it runs */
     PyObject *result = PyObject_CallMethodOneArg(
         (PyObject *)self, close_abandoned_name, environ);
@@ -70,7 +74,11 @@ CleanupBase_finalize(CleanupBase *self)
     else {
         Py_DECREF(result);
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(error);
+#else
     PyErr_Restore(error_type, error_value, error_traceback);
+#endif
 }
 
 static void CleanupBase_dealloc(CleanupBase *self);
