@@ -32,6 +32,8 @@ from typing import Any
 
 import psutil
 
+from cleanup_middleware import cleanup
+
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 GIB = 1 << 30
@@ -123,6 +125,8 @@ def machine() -> dict[str, str]:
         "flask": version("flask"),
         "werkzeug": version("werkzeug"),
         "cleanup-middleware": version("cleanup-middleware"),
+        # The optional C base of ResponseCleanup, or the pure-Python one (docs/performance.md).
+        "ResponseCleanup base": "C (_speedups)" if cleanup.SPEEDUPS else "pure Python",
     }
 
 
