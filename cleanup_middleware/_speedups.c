@@ -144,11 +144,95 @@ CleanupBase_dealloc(CleanupBase *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* add_cleanup's fallback (the Python function, which handles every case but the common one
+ * and raises its errors), the environ key, and functools.partial: set by setup_add_cleanup(). */
+static PyObject *python_add_cleanup;
+static PyObject *environ_key;
+static PyObject *partial_type;
+
+/* add_cleanup(environ, fn, /, *args, **kwargs): the common case in C, without the Python
+ * function's frame and its **kwargs dict. Everything else (no middleware, a closed response,
+ * fn not callable, a pure-Python or foreign object in the environ, hooks that are not a list)
+ * goes to the Python function. With the GIL, nothing runs between reading the hooks and
+ * appending to them (PyList_Append makes no object the collector tracks), so close() cannot
+ * replace them in between and the Python function's check after appending is not needed. The
+ * partial is made first: making it may run other code, and a close() meanwhile leaves the
+ * hooks closed, which the fallback then reports. */
+static PyObject *
+add_cleanup(PyObject *Py_UNUSED(module), PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (python_add_cleanup == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_speedups.setup_add_cleanup() was not called");
+        return NULL;
+    }
+    if (nargs < 2 || !PyDict_CheckExact(args[0]) || !PyCallable_Check(args[1])) {
+        goto fallback;
+    }
+    PyObject *hook;
+    if (nargs == 2 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)) {
+        hook = Py_NewRef(args[1]);
+    }
+    else {
+        hook = PyObject_Vectorcall(partial_type, args + 1, nargs - 1, kwnames);
+        if (hook == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *cleanup = PyDict_GetItemWithError(args[0], environ_key);  /* borrowed */
+    if (cleanup == NULL || !PyObject_TypeCheck(cleanup, &CleanupBaseType)) {
+        Py_DECREF(hook);
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        goto fallback;
+    }
+    PyObject *hooks = ((CleanupBase *)cleanup)->hooks;
+    if (hooks == NULL || !PyList_CheckExact(hooks)) {
+        Py_DECREF(hook);
+        goto fallback;
+    }
+    int appended = PyList_Append(hooks, hook);
+    Py_DECREF(hook);
+    if (appended < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+fallback:
+    return PyObject_Vectorcall(python_add_cleanup, args, nargsf, kwnames);
+}
+
+static PyObject *
+setup_add_cleanup(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "setup_add_cleanup(python_add_cleanup, key, partial)");
+        return NULL;
+    }
+    Py_XSETREF(python_add_cleanup, Py_NewRef(args[0]));
+    Py_XSETREF(environ_key, Py_NewRef(args[1]));
+    Py_XSETREF(partial_type, Py_NewRef(args[2]));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef speedups_methods[] = {
+    {"add_cleanup", (PyCFunction)(void (*)(void))add_cleanup, METH_FASTCALL | METH_KEYWORDS,
+     PyDoc_STR("add_cleanup($module, environ, fn, /, *args, **kwargs)\n--\n\n"
+               "Run fn(*args, **kwargs) once, when the server closes this request's response.\n\n"
+               "cleanup_middleware.cleanup.add_cleanup with its common case in C; see that "
+               "function's documentation.")},
+    {"setup_add_cleanup", (PyCFunction)(void (*)(void))setup_add_cleanup, METH_FASTCALL,
+     PyDoc_STR("setup_add_cleanup($module, python_add_cleanup, key, partial, /)\n--\n\n"
+               "Give add_cleanup its fallback, the environ key and functools.partial.")},
+    {NULL},
+};
+
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "cleanup_middleware._speedups",
     .m_doc = PyDoc_STR("The optional C base of cleanup_middleware.cleanup.ResponseCleanup."),
     .m_size = -1,
+    .m_methods = speedups_methods,
 };
 
 PyMODINIT_FUNC

@@ -13,3 +13,10 @@ class ResponseCleanupBase:
     _failure: BaseException
     _hooks: list[Callable[[], object]] | tuple[()]
     def __iter__(self) -> Iterator[bytes]: ...
+
+def add_cleanup(
+    environ: dict[str, Any], fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> None: ...
+def setup_add_cleanup(
+    python_add_cleanup: Callable[..., None], key: str, partial: type[Any], /
+) -> None: ...

@@ -562,6 +562,15 @@ def add_cleanup(
         cleanup._withdraw(hooks, hook, "add_cleanup")  # type: ignore[arg-type]
 
 
+if SPEEDUPS and not TYPE_CHECKING:
+    from . import _speedups
+
+    # The common case in C, without this function's frame and **kwargs dict; every other case
+    # (and every error) still goes through the function above. See _speedups.c.
+    _speedups.setup_add_cleanup(add_cleanup, ENVIRON_KEY, partial)
+    add_cleanup = _speedups.add_cleanup
+
+
 def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _T:
     """Enter the context manager ``cm`` now and exit it when this request's response closes.
 

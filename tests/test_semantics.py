@@ -468,6 +468,22 @@ def test_add_cleanup_with_something_that_is_not_an_environ() -> None:
         add_cleanup(None, print)  # type: ignore[arg-type]
 
 
+def test_add_cleanup_binds_positional_and_keyword_arguments_of_any_name(record: Recorder) -> None:
+    # With the C base, add_cleanup's common case is in C (cleanup_middleware._speedups); make
+    # test runs this file on both bases.
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, record, "positional")
+        add_cleanup(environ, lambda **kw: record(sorted(kw.items())), environ="e", fn="f")
+        add_cleanup(environ, lambda *a, **kw: record((a, kw)), 1, 2, x=3)
+        with pytest.raises(TypeError):
+            add_cleanup(environ)  # type: ignore[call-arg]
+        start_response("200 OK", [])
+        return [b"x"]
+
+    serve(CleanupMiddleware(app))
+    assert record.events == [((1, 2), {"x": 3}), [("environ", "e"), ("fn", "f")], "positional"]
+
+
 # -- add_cleanup with something that is not callable ------------------------------------------
 
 
