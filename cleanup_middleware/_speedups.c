@@ -23,7 +23,6 @@ typedef struct {
     PyObject *hooks;
 } CleanupBase;
 
-static PyObject *close_abandoned_name;  /* "_close_abandoned", interned */
 
 static int
 CleanupBase_traverse(CleanupBase *self, visitproc visit, void *arg)
@@ -65,8 +64,9 @@ CleanupBase_finalize(CleanupBase *self)
     PyErr_Fetch(&error_type, &error_value, &error_traceback);
 #endif
     Py_INCREF(environ);  /* close() sets _environ to None while it runs */
-    PyObject *result = PyObject_CallMethodOneArg(
-        (PyObject *)self, close_abandoned_name, environ);
+    /* The name made here, not kept: this runs only for an abandoned response, and a string
+     * kept by the module would be shared by every interpreter of the process. */
+    PyObject *result = PyObject_CallMethod((PyObject *)self, "_close_abandoned", "O", environ);
     Py_DECREF(environ);
     if (result == NULL) {
         PyErr_WriteUnraisable((PyObject *)self);
@@ -145,7 +145,11 @@ CleanupBase_dealloc(CleanupBase *self)
 }
 
 /* add_cleanup's fallback (the Python function, which handles every case but the common one
- * and raises its errors), the environ key, and functools.partial: set by setup_add_cleanup(). */
+ * and raises its errors), the environ key, and functools.partial: set by setup_add_cleanup(),
+ * for the interpreter that called it first. A module of single-phase initialisation is shared
+ * by the sub-interpreters of a process (mod_wsgi's application groups), whose objects must not
+ * be mixed: the others keep the Python add_cleanup. */
+static PyInterpreterState *owner;
 static PyObject *python_add_cleanup;
 static PyObject *environ_key;
 static PyObject *partial_type;
@@ -162,8 +166,10 @@ static PyObject *
 add_cleanup(PyObject *Py_UNUSED(module), PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (python_add_cleanup == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "_speedups.setup_add_cleanup() was not called");
+    if (owner != PyInterpreterState_Get()) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "_speedups.add_cleanup() belongs to another interpreter; "
+                        "use cleanup_middleware.add_cleanup");
         return NULL;
     }
     if (nargs < 2 || !PyDict_CheckExact(args[0]) || !PyCallable_Check(args[1])) {
@@ -209,10 +215,15 @@ setup_add_cleanup(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_TypeError, "setup_add_cleanup(python_add_cleanup, key, partial)");
         return NULL;
     }
-    Py_XSETREF(python_add_cleanup, Py_NewRef(args[0]));
-    Py_XSETREF(environ_key, Py_NewRef(args[1]));
-    Py_XSETREF(partial_type, Py_NewRef(args[2]));
-    Py_RETURN_NONE;
+    if (owner != NULL) {
+        /* Another interpreter's, or this one's again (a reload): keep the first. */
+        return Py_NewRef(owner == PyInterpreterState_Get() ? Py_True : Py_False);
+    }
+    owner = PyInterpreterState_Get();
+    python_add_cleanup = Py_NewRef(args[0]);
+    environ_key = Py_NewRef(args[1]);
+    partial_type = Py_NewRef(args[2]);
+    Py_RETURN_TRUE;
 }
 
 static PyMethodDef speedups_methods[] = {
@@ -223,7 +234,8 @@ static PyMethodDef speedups_methods[] = {
                "function's documentation.")},
     {"setup_add_cleanup", (PyCFunction)(void (*)(void))setup_add_cleanup, METH_FASTCALL,
      PyDoc_STR("setup_add_cleanup($module, python_add_cleanup, key, partial, /)\n--\n\n"
-               "Give add_cleanup its fallback, the environ key and functools.partial.")},
+               "Give add_cleanup its fallback, the environ key and functools.partial, for this\n"
+               "interpreter if it is the first to ask; return whether it is.")},
     {NULL},
 };
 
@@ -238,12 +250,6 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (close_abandoned_name == NULL) {
-        close_abandoned_name = PyUnicode_InternFromString("_close_abandoned");
-        if (close_abandoned_name == NULL) {
-            return NULL;
-        }
-    }
     if (PyType_Ready(&CleanupBaseType) < 0) {
         return NULL;
     }

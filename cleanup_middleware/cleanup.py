@@ -566,9 +566,10 @@ if SPEEDUPS and not TYPE_CHECKING:
     from . import _speedups
 
     # The common case in C, without this function's frame and **kwargs dict; every other case
-    # (and every error) still goes through the function above. See _speedups.c.
-    _speedups.setup_add_cleanup(add_cleanup, ENVIRON_KEY, partial)
-    add_cleanup = _speedups.add_cleanup
+    # (and every error) still goes through the function above. In the first interpreter of the
+    # process that imports this only: see _speedups.c.
+    if _speedups.setup_add_cleanup(add_cleanup, ENVIRON_KEY, partial):
+        add_cleanup = _speedups.add_cleanup
 
 
 def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _T:

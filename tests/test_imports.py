@@ -155,6 +155,56 @@ def test_the_c_base_is_used_when_installed_and_allowed_else_the_python_one(
     assert output.split() == [str(speedups), base_module, str(speedups), base_module]
 
 
+def test_a_sub_interpreter_keeps_its_own_add_cleanup_and_its_hooks_run() -> None:
+    # mod_wsgi runs each application group in a sub-interpreter of one process, and they share
+    # a C module of single-phase initialisation: _speedups's add_cleanup keeps the objects of
+    # the first interpreter, so another uses the Python function (and, on Python 3.12 and
+    # later, a sub-interpreter of its own GIL may refuse the module: then the Python base).
+    output = run_python(
+        '''
+        import textwrap
+        import cleanup_middleware
+
+        code = textwrap.dedent("""
+            from cleanup_middleware import CleanupMiddleware, add_cleanup
+            ran = []
+            def app(environ, start_response):
+                add_cleanup(environ, ran.append, "hook")
+                start_response("200 OK", [])
+                return [b"x"]
+            body = CleanupMiddleware(app)({"PATH_INFO": "/"}, lambda *args: None)
+            list(body)
+            body.close()
+            assert ran == ["hook"], ran
+            assert add_cleanup.__module__ == "cleanup_middleware.cleanup", add_cleanup
+        """)
+        try:
+            import _interpreters as interpreters  # Python 3.13
+            interpreter = interpreters.create(interpreters.new_config("legacy"))
+        except ImportError:
+            import _xxsubinterpreters as interpreters
+            try:
+                interpreter = interpreters.create(isolated=False)  # Python 3.12
+            except TypeError:
+                interpreter = interpreters.create()  # Python 3.10 and 3.11: legacy
+        failure = interpreters.run_string(interpreter, code)  # 3.13 returns what failed
+        interpreters.destroy(interpreter)
+        print(failure)
+        ran = []
+        def app(environ, start_response):
+            cleanup_middleware.add_cleanup(environ, ran.append, "hook")
+            start_response("200 OK", [])
+            return [b"x"]
+        body = cleanup_middleware.CleanupMiddleware(app)({"PATH_INFO": "/"}, lambda *args: None)
+        list(body)
+        body.close()
+        print(ran, cleanup_middleware.add_cleanup.__module__)
+        '''
+    )
+    main_module = SPEEDUPS_MODULE if cleanup.SPEEDUPS else "cleanup_middleware.cleanup"
+    assert output.splitlines() == ["None", f"['hook'] {main_module}"]
+
+
 def test_config_names_are_imported_on_first_use() -> None:
     output = run_python(
         """
