@@ -59,9 +59,6 @@ installed = importlib.metadata.distributions()
 print(" ".join(sorted(f"{dist.metadata['Name'].lower()}=={dist.version}" for dist in installed)))
 """
 
-# What may not appear in the build's output: a warning of the backend (build prints them as
-# "WARNING message"), a Python warning category, a deprecation. (distutils' lower-case
-# "warning:" notes, such as byte-compiling being off, are not about the project.)
 # Run once more on the pure-Python base (as in the Makefile's CORE_TESTS).
 CORE_TESTS = [
     "test_semantics.py",
@@ -71,6 +68,9 @@ CORE_TESTS = [
     "test_leaks.py",
 ]
 
+# What may not appear in the build's output: a warning of the backend (build prints them as
+# "WARNING message"), a Python warning category, a deprecation. (distutils' lower-case
+# "warning:" notes, such as byte-compiling being off, are not about the project.)
 BUILD_WARNING = re.compile(r"WARNING|Warning\b|[Dd]eprecat")
 
 
@@ -140,35 +140,14 @@ def _pytest(session: nox.Session) -> None:
     # instead of the installed one.
     session.chdir(session.create_tmp())
     session.run("python", "-c", SHOW_INSTALLED)
-    session.run(
-        "python",
-        "-m",
-        "pytest",
-        f"--rootdir={ROOT}",
-        "-c",
-        str(ROOT / "pyproject.toml"),
-        "-p",
-        "no:cacheprovider",
-        # As make test: the servers that compile against system packages are make test-servers'.
-        "-m",
-        "not servers",
-        str(ROOT / "tests"),
-        *session.posargs,
-    )
+    pytest = ["python", "-m", "pytest", f"--rootdir={ROOT}", "-c", str(ROOT / "pyproject.toml")]
+    pytest += ["-p", "no:cacheprovider"]
+    # As make test: the servers that compile against system packages are make test-servers'.
+    session.run(*pytest, "-m", "not servers", str(ROOT / "tests"), *session.posargs)
     if not session.posargs:
         # As make test: the core tests once more on the pure-Python base of ResponseCleanup.
-        session.run(
-            "python",
-            "-m",
-            "pytest",
-            f"--rootdir={ROOT}",
-            "-c",
-            str(ROOT / "pyproject.toml"),
-            "-p",
-            "no:cacheprovider",
-            *(str(ROOT / "tests" / name) for name in CORE_TESTS),
-            env={"CLEANUP_MIDDLEWARE_PURE_PYTHON": "1"},
-        )
+        core_tests = [str(ROOT / "tests" / name) for name in CORE_TESTS]
+        session.run(*pytest, *core_tests, env={"CLEANUP_MIDDLEWARE_PURE_PYTHON": "1"})
 
 
 @nox.session(python=PYTHONS)

@@ -1,9 +1,10 @@
 /* The optional C base of cleanup_middleware.cleanup.ResponseCleanup.
  *
- * It does in C the two things of each request that a Python base does through a call into
- * Python code: the server's iter(body), and the check of the garbage-collection net when the
- * object is reclaimed. Everything else stays in Python (cleanup.py), which falls back to a pure
- * Python base with the same slots, __iter__ and __del__ when this module cannot be imported.
+ * It does in C three things of each request that the pure-Python code does through a call into
+ * Python: the server's iter(body), the check of the garbage-collection net when the object is
+ * reclaimed, and the common case of add_cleanup. Everything else stays in Python (cleanup.py),
+ * which falls back to a pure Python base with the same slots, __iter__ and __del__, and to its
+ * own add_cleanup, when this module cannot be imported.
  *
  * The slots are member descriptors that raise AttributeError while unset, as __slots__ are.
  * Not imported on a free-threaded build (cleanup.py checks): the module does not declare that

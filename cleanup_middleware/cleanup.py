@@ -119,7 +119,8 @@ class _PythonResponseCleanupBase:
     """The slots, ``__iter__`` and garbage-collection net of :class:`ResponseCleanup`.
 
     The same as ``_speedups.ResponseCleanupBase``, whose C saves each request two calls into
-    Python code: the server's ``iter(body)`` and ``__del__`` (see :func:`_base_class`).
+    Python code: the server's ``iter(body)`` and ``__del__`` (see :func:`_base_class`); with it,
+    ``_speedups.add_cleanup`` saves a third.
     """
 
     # Set by CleanupMiddleware, which builds the object without __init__ to keep each request
