@@ -8,7 +8,7 @@
     add_cleanup(environ, os.unlink, tmp_path)   # in a view: runs once the response is closed
 
 Importing the package needs nothing beyond the standard library, and only what a request
-uses: the config and CLI names (``wrap``, ``Hook``, ``ConfigError``) are imported on first use,
+uses: the config names (``Hook``, ``ConfigError``) and ``defer`` are imported on first use,
 and the Werkzeug and Flask integrations are the submodules ``response`` and ``flask``.
 """
 
@@ -18,10 +18,9 @@ import importlib
 from typing import TYPE_CHECKING
 
 from .cleanup import ENVIRON_KEY, ResponseCleanup, add_cleanup, enter_context
-from .middleware import CleanupMiddleware
+from .middleware import CleanupMiddleware, wrap
 
 if TYPE_CHECKING:
-    from .cli import wrap
     from .config import ConfigError, Hook
     from .deferred import defer
 
@@ -39,9 +38,9 @@ __all__ = [
 __version__ = "0.1.0"
 
 # Public names imported on first use (PEP 562), with their submodule: the config machinery
-# (tomllib, inspect, difflib), the CLI's argparse and defer()'s thread pool (concurrent.futures)
-# cost more to import than the rest of the package, and serving a request needs none of them.
-_LAZY = {"ConfigError": "config", "Hook": "config", "defer": "deferred", "wrap": "cli"}
+# (tomllib, inspect, difflib) and defer()'s thread pool (concurrent.futures) cost more to import
+# than the rest of the package, and serving a request needs none of them.
+_LAZY = {"ConfigError": "config", "Hook": "config", "defer": "deferred"}
 
 if not TYPE_CHECKING:  # type checkers see the imports above, and no other name
 

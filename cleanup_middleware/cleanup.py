@@ -18,17 +18,24 @@ path without standing between the server and the body's chunks:
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
-import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, suppress
+from contextlib import AbstractContextManager
 from functools import partial
-from types import CodeType, GeneratorType, TracebackType
+from types import GeneratorType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from .reporting import (
+    StandIn,
+    closed_error,
+    hook_failed,
+    log_unpatchable,
+    not_callable,
+    not_wrapped,
+    report_abandoned,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -44,11 +51,9 @@ __all__ = [
 #: The environ key under which the middleware keeps the request's :class:`ResponseCleanup`.
 ENVIRON_KEY = "cleanup_middleware.cleanup"
 
-logger = logging.getLogger("cleanup_middleware")
-
 _T = TypeVar("_T")
 _ExitFunc = Callable[[type[BaseException] | None, BaseException | None, TracebackType | None], Any]
-# A registered hook: the user's function, a partial binding its arguments, or a _ContextExit.
+# A registered hook: the user's function, a partial binding its arguments, or a StandIn.
 _Hook = Callable[[], object]
 
 # ResponseCleanup._hooks once close() took the last hook: appending to it fails, so registering
@@ -62,11 +67,8 @@ _registry_lock = threading.Lock()
 # Without the GIL, close() takes the lock for its last look at the hooks (see ResponseCleanup).
 _GIL_DISABLED = not getattr(sys, "_is_gil_enabled", lambda: True)()
 
-# File wrapper classes whose instances refused a new ``close``; each is logged once.
-_unpatchable_types: set[type] = set()
 
-
-class _ContextExit:
+class _ContextExit(StandIn):
     """A registered context manager's ``__exit__``: called at close with the request's failure.
 
     The failure is the one recorded on the request's :class:`ResponseCleanup` (the exception
@@ -92,27 +94,12 @@ class _ContextExit:
         else:
             self.exit(type(failure), failure, failure.__traceback__)
 
-
-class _HandOff:
-    """A function given to ``defer()``: at its turn in close(), last of all, it goes to the
-    executor. Deferred functions sit at the bottom of the stack in the order deferred, so
-    they are handed over in that order, after every hook."""
-
-    __slots__ = ("cleanup", "environ", "work")
-
-    def __init__(
-        self, cleanup: ResponseCleanup, work: Callable[[], object], environ: WSGIEnvironment
-    ) -> None:
-        self.cleanup = cleanup
-        self.work = work
-        self.environ = environ  # for the log: method and path
-
-    def __call__(self) -> None:
-        # Imported here: deferred.py imports this module, and requests without defer() never
-        # get here.
-        from .deferred import hand_off
-
-        hand_off(self.cleanup, self.work, self.environ)
+    @property
+    def named_after(self) -> object:
+        manager = getattr(self.exit, "__self__", None)
+        generator = getattr(manager, "gen", None)
+        # A @contextmanager is named by its function, which its generator knows.
+        return generator if isinstance(generator, GeneratorType) else type(manager)
 
 
 class _PythonResponseCleanupBase:
@@ -243,7 +230,7 @@ class ResponseCleanup(_ResponseCleanupBase):
             for index in range(len(hooks) - 1, -1, -1):
                 if hooks[index] is hook:
                     del hooks[index]
-                    raise _closed_error(call)
+                    raise closed_error(call)
 
     def _register(self, hook: _Hook, call: str, *, last: bool = False) -> None:
         """Add ``hook`` to run at close; ``call`` names the public function, for the error.
@@ -258,13 +245,9 @@ class ResponseCleanup(_ResponseCleanupBase):
             else:
                 hooks.append(hook)  # type: ignore[union-attr]
         except AttributeError:
-            raise _closed_error(call) from None
+            raise closed_error(call) from None
         if self._hooks is not hooks:
             self._withdraw(hooks, hook, call)  # type: ignore[arg-type]
-
-    def _defer(self, work: Callable[[], object], environ: WSGIEnvironment) -> None:
-        """Hand ``work`` to the executor at close, once every hook ran: see ``defer()``."""
-        self._register(_HandOff(self, work, environ), "defer", last=True)
 
     def adopt_file_body(self, body: Iterable[bytes], close_body: Callable[[], object]) -> bool:
         """Point the file body's ``close`` here, to run ``close_body`` and then the hooks.
@@ -276,7 +259,7 @@ class ResponseCleanup(_ResponseCleanupBase):
         try:
             body.close = self.close  # type: ignore[attr-defined]
         except (AttributeError, TypeError):
-            _log_unpatchable(type(body))
+            log_unpatchable(type(body))
             return False
         self._close_body = close_body
         return True
@@ -320,7 +303,7 @@ class ResponseCleanup(_ResponseCleanupBase):
             try:
                 hook()
             except BaseException as exc:
-                hook_error = _hook_failed(environ, hook, exc, hook_error)
+                hook_error = hook_failed(environ, hook, exc, hook_error)
         # Closed: from here a registration fails or takes its hook back (see the class).
         self._hooks = _CLOSED
         if hooks or _GIL_DISABLED:
@@ -328,7 +311,7 @@ class ResponseCleanup(_ResponseCleanupBase):
                 try:
                     hook()
                 except BaseException as exc:
-                    hook_error = _hook_failed(environ, hook, exc, hook_error)
+                    hook_error = hook_failed(environ, hook, exc, hook_error)
         if hook_error is not None or body_error is not None:
             self._raise_errors(hook_error, body_error)
 
@@ -352,7 +335,7 @@ class ResponseCleanup(_ResponseCleanupBase):
             self.close()
         finally:
             # Only now, after the hooks ran: a warning filter may turn the warning into an error.
-            _report_abandoned(environ)
+            report_abandoned(environ)
 
 
 class RaisingResponseCleanup(ResponseCleanup):
@@ -374,162 +357,6 @@ def _take_late_hooks(hooks: list[_Hook]) -> list[_Hook]:
                 return late
 
 
-# Printable characters pass; the rest (line breaks, other controls, separators) are escaped.
-_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
-
-
-def _printable(value: object, limit: int) -> str:
-    """``value``, taken from the request, made safe for one log line: escaped and bounded.
-
-    WSGI strings are bytes decoded as latin-1; UTF-8 is shown as such when the bytes are UTF-8.
-    """
-    if not isinstance(value, str):
-        return f"<{type(value).__name__}>"
-    with suppress(UnicodeError):
-        value = value.encode("latin-1").decode("utf-8")
-    text = value.translate(_ESCAPES)
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-    if len(text) > limit:
-        text = f"{text[:limit]}...({len(text) - limit} more)"
-    return text
-
-
-def _describe(environ: WSGIEnvironment) -> str:
-    """The request's method and path, for messages, escaped: never any other request data."""
-    script_name = environ.get("SCRIPT_NAME", "")
-    path = environ.get("PATH_INFO", "")
-    if isinstance(script_name, str) and isinstance(path, str):
-        path = script_name + path
-    return f"{_printable(environ.get('REQUEST_METHOD', '?'), 16)} {_printable(path, 200)}"
-
-
-def _hook_name(hook: object) -> str:
-    """What to call a hook in a message: ``module.qualname`` of the function, never a repr.
-
-    A repr may hold the hook's arguments (a config hook's is the environ, headers and all).
-    """
-    try:
-        if isinstance(hook, _ContextExit):
-            manager = getattr(hook.exit, "__self__", None)
-            generator = getattr(manager, "gen", None)
-            if isinstance(generator, GeneratorType):
-                # A @contextmanager, named by its function (which __enter__ forgot).
-                return _printable(f"{_module_of(generator.gi_code)}.{generator.__qualname__}", 200)
-            hook = type(manager)
-        if isinstance(hook, _HandOff):
-            hook = hook.work
-        while isinstance(hook, partial):
-            hook = hook.func
-        module = getattr(hook, "__module__", None)
-        qualname = getattr(hook, "__qualname__", None)
-        if not isinstance(qualname, str):
-            module, qualname = type(hook).__module__, type(hook).__qualname__
-    except Exception:
-        module, qualname = type(hook).__module__, type(hook).__qualname__
-    name = f"{module}.{qualname}" if isinstance(module, str) else qualname
-    return _printable(name, 200)
-
-
-def _module_of(code: CodeType) -> str:
-    """The name of the module whose file holds ``code``."""
-    for name, module in list(sys.modules.items()):
-        if getattr(module, "__file__", None) == code.co_filename:
-            return name
-    return code.co_filename
-
-
-def _hook_failed(
-    environ: WSGIEnvironment, hook: _Hook, exc: BaseException, earlier: BaseException | None
-) -> BaseException:
-    """Log a hook's failure; return the error close() would raise after the others ran."""
-    logger.error(
-        "cleanup hook %s failed for %s", _hook_name(hook), _describe(environ), exc_info=exc
-    )
-    if earlier is None:
-        return exc
-    # Like ExitStack: the last error carries the earlier ones as __context__ ...
-    if exc.__context__ is None:
-        exc.__context__ = earlier
-    # ... except that a KeyboardInterrupt or SystemExit outranks ordinary errors.
-    return exc if isinstance(earlier, Exception) else earlier
-
-
-#: At most one log line about abandoned responses per this many seconds, per process.
-ABANDONED_LOG_INTERVAL = 60.0
-_abandoned_lock = threading.RLock()  # re-entrant: a collection may start inside it
-_abandoned_unreported = 0
-_abandoned_logged_at: float | None = None
-
-
-def _report_abandoned(environ: WSGIEnvironment) -> None:
-    """Say that a response was never closed: a rate-limited WARNING and a ResourceWarning."""
-    global _abandoned_unreported, _abandoned_logged_at
-    description = _describe(environ)
-    with _abandoned_lock:
-        _abandoned_unreported += 1
-        now = time.monotonic()
-        due = _abandoned_logged_at is None or now - _abandoned_logged_at >= ABANDONED_LOG_INTERVAL
-        if due:
-            count, _abandoned_unreported, _abandoned_logged_at = _abandoned_unreported, 0, now
-    if due:
-        logger.warning(
-            "the response to %s was never closed; its cleanup hooks ran only when it was "
-            "garbage-collected (%d such response(s) since the last report; at most one report "
-            "every %g s). The server or a middleware outside CleanupMiddleware must call close() "
-            "on the response body (PEP 3333)",
-            description,
-            count,
-            ABANDONED_LOG_INTERVAL,
-        )
-    warnings.warn(
-        f"the response to {description} was never closed; its cleanup hooks ran only when it "
-        "was garbage-collected. The server or a middleware outside CleanupMiddleware must call "
-        "close() on the response body (PEP 3333)",
-        ResourceWarning,
-        stacklevel=2,
-    )
-
-
-def _log_unpatchable(body_type: type) -> None:
-    if body_type not in _unpatchable_types:
-        _unpatchable_types.add(body_type)
-        logger.debug(
-            "cannot set close() on %s.%s; wrapping it instead, so the server will iterate "
-            "this file body rather than use sendfile()",
-            body_type.__module__,
-            body_type.__qualname__,
-        )
-
-
-def _not_wrapped(environ: object, call: str) -> Exception:
-    if not isinstance(environ, dict):
-        return TypeError(
-            f"{call}() takes the WSGI environ dict as its first argument, "
-            f"got a {type(environ).__name__} object"
-        )
-    return RuntimeError(
-        f"{call}() needs an environ that passed through CleanupMiddleware, and this one did not; "
-        "wrap the WSGI application: app = CleanupMiddleware(app) (for Flask: "
-        "cleanup_middleware.flask.init_app(app))"
-    )
-
-
-def _not_callable(call: str, purpose: str, fn: object) -> TypeError:
-    # The type, not a repr: the object may hold request data.
-    return TypeError(
-        f"{call}() needs a callable {purpose}, got a {type(fn).__name__} object; pass the "
-        "function itself, not its result"
-    )
-
-
-def _closed_error(call: str) -> RuntimeError:
-    return RuntimeError(
-        f"{call}() was called after the response was closed, so the hook would never run; "
-        "register it while the request is handled or its body is being sent"
-    )
-
-
 def add_cleanup(
     environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
 ) -> None:
@@ -549,16 +376,16 @@ def add_cleanup(
     try:
         cleanup: ResponseCleanup = environ[ENVIRON_KEY]
     except (KeyError, TypeError):
-        raise _not_wrapped(environ, "add_cleanup") from None
+        raise not_wrapped(environ, "add_cleanup") from None
     if not callable(fn):
-        raise _not_callable("add_cleanup", "to run at close", fn)
+        raise not_callable("add_cleanup", "to run at close", fn)
     hook = partial(fn, *args, **kwargs) if args or kwargs else fn
     # ResponseCleanup._register, inlined: the common case, kept one call deep.
     hooks = cleanup._hooks
     try:
         hooks.append(hook)  # type: ignore[union-attr]
     except AttributeError:
-        raise _closed_error("add_cleanup") from None
+        raise closed_error("add_cleanup") from None
     if cleanup._hooks is not hooks:
         cleanup._withdraw(hooks, hook, "add_cleanup")  # type: ignore[arg-type]
 
@@ -594,7 +421,7 @@ def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _
     try:
         cleanup: ResponseCleanup = environ[ENVIRON_KEY]
     except (KeyError, TypeError):
-        raise _not_wrapped(environ, "enter_context") from None
+        raise not_wrapped(environ, "enter_context") from None
     cls = type(cm)
     try:
         enter = cls.__enter__
@@ -605,7 +432,7 @@ def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _
             "object without __enter__/__exit__"
         ) from None
     if cleanup._hooks is _CLOSED:
-        raise _closed_error("enter_context")
+        raise closed_error("enter_context")
     result: _T = enter(cm)
     bound_exit: _ExitFunc = exit_.__get__(cm, cls)
     try:

@@ -4,7 +4,7 @@ Operators start WSGI applications with gunicorn and want the cleanup of every re
 in a config file (see :mod:`cleanup_middleware.config`). Three ways, none of which needs a line
 of code in the application:
 
-* gunicorn's app-factory syntax, with :func:`wrap`::
+* gunicorn's app-factory syntax, with :func:`~cleanup_middleware.wrap`::
 
       gunicorn 'cleanup_middleware:wrap("myapp:app", config="cleanup.toml")'
 
@@ -23,50 +23,16 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from . import deferred
-from .config import ENV_VAR, ConfigError, Hook, ImportInterrupted, load_config, resolve
-from .middleware import CleanupMiddleware
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
+from .config import ENV_VAR, ConfigError, Hook, ImportInterrupted, load_config
+from .middleware import CleanupMiddleware, wrap
 
 __all__ = ["ConfigError", "Hook", "main", "wrap"]
 
 PROG = "cleanup-middleware"
 SERVE_USAGE = f"{PROG} serve APP_MODULE [--config FILE] [gunicorn options]"
-
-
-def wrap(
-    app: WSGIApplication | str,
-    *,
-    config: str | os.PathLike[str] | None = None,
-    hooks: Sequence[Hook] | None = None,
-    on_hook_error: Literal["log", "raise"] | None = None,
-) -> CleanupMiddleware:
-    """Wrap ``app`` in :class:`~cleanup_middleware.CleanupMiddleware` with a configuration.
-
-    ``app`` is a WSGI application or its ``"module:attribute"`` name, so that gunicorn's
-    app-factory syntax, which passes literal arguments, can start it::
-
-        gunicorn 'cleanup_middleware:wrap("myapp:app", config="cleanup.toml")'
-
-    The other arguments are the middleware's. The configuration is loaded, checked and imported
-    here: a mistake raises :class:`~cleanup_middleware.ConfigError`, and gunicorn does not
-    start.
-    """
-    if isinstance(app, str):
-        source = f"wrap({app!r})"
-        app = resolve(app, source, "app")
-        if not callable(app):
-            raise ConfigError(
-                source,
-                "app",
-                f"is not a WSGI application (an object of type {type(app).__name__}); name the "
-                'application itself, as in "myapp:app"',
-            )
-    return CleanupMiddleware(app, config=config, hooks=hooks, on_hook_error=on_hook_error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

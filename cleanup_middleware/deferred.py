@@ -43,7 +43,8 @@ from concurrent.futures import Executor, Future
 from functools import partial
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from .cleanup import ENVIRON_KEY, _describe, _hook_name, _not_callable, _not_wrapped, logger
+from .cleanup import ENVIRON_KEY
+from .reporting import StandIn, describe_request, hook_name, logger, not_callable, not_wrapped
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -98,7 +99,7 @@ class _DeferredCall:
 
     @property
     def name(self) -> str:
-        return _hook_name(self.work)
+        return hook_name(self.work)
 
 
 class _FutureCall:
@@ -122,7 +123,7 @@ class _FutureCall:
 
     @property
     def name(self) -> str:
-        return _hook_name(self.fn)
+        return hook_name(self.fn)
 
 
 _Work = _DeferredCall | _FutureCall
@@ -342,10 +343,54 @@ def defer(environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwa
     try:
         cleanup: ResponseCleanup = environ[ENVIRON_KEY]
     except (KeyError, TypeError):
-        raise _not_wrapped(environ, "defer") from None
+        raise not_wrapped(environ, "defer") from None
     if not callable(fn):
-        raise _not_callable("defer", "to run after the response", fn)
-    cleanup._defer(partial(fn, *args, **kwargs) if args or kwargs else fn, environ)
+        raise not_callable("defer", "to run after the response", fn)
+    work = partial(fn, *args, **kwargs) if args or kwargs else fn
+    cleanup._register(_HandOff(cleanup, work, environ), "defer", last=True)
+
+
+class _HandOff(StandIn):
+    """A function given to :func:`defer`: at its turn in ``close()``, last of all, it goes to the
+    executor. Deferred functions sit at the bottom of the stack in the order deferred, so they
+    are handed over in that order, after every hook."""
+
+    __slots__ = ("cleanup", "environ", "work")
+
+    def __init__(
+        self, cleanup: ResponseCleanup, work: Callable[[], object], environ: WSGIEnvironment
+    ) -> None:
+        self.cleanup = cleanup
+        self.work = work
+        self.environ = environ  # for the log: method and path
+
+    def __call__(self) -> None:
+        request = describe_request(self.environ)
+        executor: Executor | None = getattr(self.cleanup, "executor", None)
+        if executor is None:
+            executor = default_executor()
+        work = _DeferredCall(self.work, request)
+        try:
+            if isinstance(executor, DeferredPool):
+                if not executor._put(work):
+                    executor._warn_full(work)
+                    work()
+                return
+            executor.submit(work)
+        except Exception as exc:
+            logger.warning(
+                "deferred function %s ran in the server's thread at close for %s: the "
+                "executor refused it (%s: %s)",
+                work.name,
+                request,
+                type(exc).__name__,
+                exc,
+            )
+            work()
+
+    @property
+    def named_after(self) -> object:
+        return self.work
 
 
 class _DeferredHook:
@@ -374,32 +419,6 @@ class _DeferredHook:
 def deferring(fn: Callable[[WSGIEnvironment], object]) -> Callable[[WSGIEnvironment], None]:
     """``fn`` as a config hook declared ``defer = true`` (see :class:`_DeferredHook`)."""
     return _DeferredHook(fn)
-
-
-def hand_off(cleanup: ResponseCleanup, fn: Callable[[], object], environ: WSGIEnvironment) -> None:
-    """Give a closing response's deferred function to its executor; called by ``close()``."""
-    request = _describe(environ)
-    executor: Executor | None = getattr(cleanup, "executor", None)
-    if executor is None:
-        executor = default_executor()
-    work = _DeferredCall(fn, request)
-    try:
-        if isinstance(executor, DeferredPool):
-            if not executor._put(work):
-                executor._warn_full(work)
-                work()
-            return
-        executor.submit(work)
-    except Exception as exc:
-        logger.warning(
-            "deferred function %s ran in the server's thread at close for %s: the "
-            "executor refused it (%s: %s)",
-            work.name,
-            request,
-            type(exc).__name__,
-            exc,
-        )
-        work()
 
 
 def drain(timeout: float) -> int:

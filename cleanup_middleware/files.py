@@ -25,7 +25,8 @@ from functools import partial
 from types import MethodType
 from typing import Any
 
-from .cleanup import ResponseCleanup, _log_unpatchable
+from .cleanup import ResponseCleanup
+from .reporting import log_unpatchable
 
 __all__ = [
     "FILE_WRAPPER_KEY",
@@ -184,7 +185,7 @@ def serve_app_file(
     try:
         body.close = cleanup.close
     except (AttributeError, TypeError):
-        _log_unpatchable(type(body))
+        log_unpatchable(type(body))
         return _wrap(cleanup, body, close_body)
     cleanup._close_body = restoring_close
     return body  # type: ignore[no-any-return]

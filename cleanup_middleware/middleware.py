@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # imported; tests/test_imports.py checks that the two names agree.
 CONFIG_ENV_VAR = "CLEANUP_MIDDLEWARE_CONFIG"
 
-__all__ = ["CleanupMiddleware"]
+__all__ = ["CleanupMiddleware", "wrap"]
 
 
 class CleanupMiddleware:
@@ -213,3 +213,36 @@ class CleanupMiddleware:
         cleanup._body = body
         cleanup._close_body = close_body
         return cleanup
+
+
+def wrap(
+    app: WSGIApplication | str,
+    *,
+    config: str | os.PathLike[str] | None = None,
+    hooks: Sequence[Hook] | None = None,
+    on_hook_error: Literal["log", "raise"] | None = None,
+) -> CleanupMiddleware:
+    """Wrap ``app`` in :class:`~cleanup_middleware.CleanupMiddleware` with a configuration.
+
+    ``app`` is a WSGI application or its ``"module:attribute"`` name, so that gunicorn's
+    app-factory syntax, which passes literal arguments, can start it::
+
+        gunicorn 'cleanup_middleware:wrap("myapp:app", config="cleanup.toml")'
+
+    The other arguments are the middleware's. The configuration is loaded, checked and imported
+    here: a mistake raises :class:`~cleanup_middleware.ConfigError`, and gunicorn does not
+    start.
+    """
+    if isinstance(app, str):
+        from .config import ConfigError, resolve
+
+        source = f"wrap({app!r})"
+        app = resolve(app, source, "app")
+        if not callable(app):
+            raise ConfigError(
+                source,
+                "app",
+                f"is not a WSGI application (an object of type {type(app).__name__}); name the "
+                'application itself, as in "myapp:app"',
+            )
+    return CleanupMiddleware(app, config=config, hooks=hooks, on_hook_error=on_hook_error)

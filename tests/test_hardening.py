@@ -20,9 +20,15 @@ import pytest
 from flask import Flask, abort, jsonify
 from test_semantics import Tracked, make_environ, serve, start_response
 
-import cleanup_middleware.cleanup as core
 import cleanup_middleware.flask
-from cleanup_middleware import ENVIRON_KEY, CleanupMiddleware, Hook, add_cleanup, enter_context
+from cleanup_middleware import (
+    ENVIRON_KEY,
+    CleanupMiddleware,
+    Hook,
+    add_cleanup,
+    enter_context,
+    reporting,
+)
 
 SECRETS = {"HTTP_AUTHORIZATION": "Bearer SECRET-TOKEN", "HTTP_COOKIE": "session=SECRET-COOKIE"}
 
@@ -233,8 +239,8 @@ def test_an_abandoned_request_is_not_told_the_collecting_threads_exception() -> 
 
 @pytest.fixture
 def fresh_rate_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core, "_abandoned_logged_at", None)
-    monkeypatch.setattr(core, "_abandoned_unreported", 0)
+    monkeypatch.setattr(reporting, "_abandoned_logged_at", None)
+    monkeypatch.setattr(reporting, "_abandoned_unreported", 0)
 
 
 def test_the_gc_net_keeps_an_exception_that_is_propagating_while_it_runs(
@@ -302,7 +308,8 @@ def test_the_gc_net_logs_a_rate_limited_warning_with_method_and_path(
         for number in range(3):
             abandon(CleanupMiddleware(hello), REQUEST_METHOD="PUT", PATH_INFO=f"/lost\n{number}")
             gc.collect()
-        core._abandoned_logged_at = -core.ABANDONED_LOG_INTERVAL  # the interval has passed
+        # The interval has passed.
+        reporting._abandoned_logged_at = -reporting.ABANDONED_LOG_INTERVAL
         abandon(CleanupMiddleware(hello), PATH_INFO="/later")
         gc.collect()
     warnings_logged = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -6,6 +6,7 @@ a meta path finder makes chosen modules fail to import, as they do when not inst
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import importlib.util
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
@@ -113,6 +115,7 @@ def test_core_needs_only_the_standard_library_and_not_the_config_machinery() -> 
                 "cleanup_middleware.cleanup",
                 "cleanup_middleware.files",
                 "cleanup_middleware.middleware",
+                "cleanup_middleware.reporting",
             ]
         ),
     ]
@@ -267,3 +270,42 @@ def test_declared_dependencies_keep_the_core_free_of_frameworks() -> None:
     assert {"flask", "cleanup-middleware"} <= extra("flask")
     assert "pyramid" in extra("pyramid")
     assert cleanup_middleware.__version__ == importlib.metadata.version("cleanup-middleware")
+
+
+def _runtime_imports(module: Path) -> set[str]:
+    """The package's modules that ``module`` imports when run (``TYPE_CHECKING`` blocks aside),
+    wherever the import statement is, functions included."""
+    tree = ast.parse(module.read_text(encoding="utf-8"))
+    checking_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+        for statement in block.body
+        for node in ast.walk(statement)
+    }
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and id(node) not in checking_only:
+            if node.module:
+                imported.add(node.module.partition(".")[0])
+            else:
+                imported.update(alias.name for alias in node.names)
+    return imported
+
+
+def test_the_package_has_no_import_circle() -> None:
+    package = Path(cleanup_middleware.__file__).parent
+    graph = {path.stem: _runtime_imports(path) for path in package.glob("*.py")}
+    assert graph["cleanup"] >= {"reporting"}  # the walk sees what it should
+
+    def circle_from(name: str, trail: tuple[str, ...]) -> tuple[str, ...] | None:
+        if name in trail:
+            return (*trail[trail.index(name) :], name)
+        for imported in sorted(graph.get(name, ())):
+            found = circle_from(imported, (*trail, name))
+            if found:
+                return found
+        return None
+
+    circles = [" -> ".join(c) for name in graph if (c := circle_from(name, ()))]
+    assert circles == []
