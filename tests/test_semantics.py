@@ -1,4 +1,4 @@
-"""One test (or a few) per row of the semantics table in DESIGN.md, run in-process.
+"""One test (or a few) per row of the semantics table (docs/semantics.md), run in-process.
 
 The "server" here is a few lines that do what PEP 3333 servers do: call the app, check whether
 the body is their ``wsgi.file_wrapper``, iterate, and call ``close()`` in a ``finally``.
