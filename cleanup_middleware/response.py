@@ -2,9 +2,11 @@
 
 ``Response.get_app_iter`` hands ``self.response`` to the server untouched when
 ``direct_passthrough`` is true, the default for ``send_file``. The server then closes that file
-wrapper and never the ``Response``, so every ``call_on_close`` callback is dropped. The mixin
-registers ``Response.close`` with :class:`~cleanup_middleware.CleanupMiddleware` in exactly that
-case; in every other case Werkzeug's own ``ClosingIterator`` already calls it.
+wrapper and never the ``Response``, so every ``call_on_close`` callback is dropped. Otherwise it
+wraps the body in a ``ClosingIterator`` that calls ``Response.close``, a Python call per chunk.
+Behind :class:`~cleanup_middleware.CleanupMiddleware` the mixin registers ``Response.close`` as a
+cleanup hook instead, in both cases, and hands the body over bare: the server keeps its file
+wrapper, and a body's chunks pass through no code of Werkzeug's or ours.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._extras import missing_extra
-from .cleanup import add_cleanup
+from .cleanup import ENVIRON_KEY, add_cleanup
 
 try:
     from werkzeug.wrappers import Response
@@ -30,11 +32,12 @@ __all__ = ["CleanupResponse", "CleanupResponseMixin"]
 class CleanupResponseMixin:
     """Mix into a Werkzeug ``Response`` class so ``call_on_close`` runs in every mode.
 
-    The application must be wrapped in :class:`~cleanup_middleware.CleanupMiddleware`; without
-    it a passthrough response raises a ``RuntimeError`` that says so rather than dropping the
-    callbacks. The server keeps the file wrapper it made, so ``sendfile()`` still happens. The
-    body is closed first and then ``Response.close()`` runs, which closes it again (a no-op for
-    files) and calls the callbacks.
+    Behind :class:`~cleanup_middleware.CleanupMiddleware`, ``Response.close()`` (which closes the
+    body again, a no-op for files, and calls the callbacks) runs as a cleanup hook, after the
+    body's own ``close()``, and a callback that raises is logged as a failing hook is. The
+    server keeps the file wrapper it made, so ``sendfile()`` still happens. Without the
+    middleware a passthrough response raises a ``RuntimeError`` that says so rather than
+    dropping the callbacks, and any other response is Werkzeug's as it is.
 
     Example::
 
@@ -43,13 +46,21 @@ class CleanupResponseMixin:
     """
 
     def get_app_iter(self, environ: WSGIEnvironment) -> Iterable[bytes]:
-        app_iter: Iterable[bytes] = super().get_app_iter(environ)  # type: ignore[misc]
         response: Response = self  # type: ignore[assignment]
-        if app_iter is response.response:
-            # Werkzeug returned the body untouched (direct passthrough): nothing will call
-            # Response.close() unless we do.
-            add_cleanup(environ, response.close)
-        return app_iter
+        if not response.direct_passthrough and ENVIRON_KEY not in environ:
+            return super().get_app_iter(environ)  # type: ignore[misc,no-any-return]
+        status = response.status_code
+        body: Iterable[bytes]
+        if environ["REQUEST_METHOD"] == "HEAD" or 100 <= status < 200 or status in (204, 304):
+            body = ()  # no body, as Werkzeug's get_app_iter decides
+        elif response.direct_passthrough:
+            body = response.response  # type: ignore[assignment]
+        else:
+            body = response.iter_encoded()
+        # Raises, naming the middleware, when a passthrough response's application is not
+        # wrapped.
+        add_cleanup(environ, response.close)
+        return body
 
 
 class CleanupResponse(CleanupResponseMixin, Response):

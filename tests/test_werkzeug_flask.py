@@ -6,7 +6,9 @@ test_servers.py does the same through real servers.
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,3 +228,62 @@ def test_the_documented_way_to_test_a_flask_app_closes_the_response(tmp_path: Pa
     namespace: dict[str, Any] = {"__name__": "frameworks_doc_example"}
     exec(compile(match.group(1), str(FRAMEWORKS_DOC), "exec"), namespace)
     namespace["test_the_report_is_deleted_once_sent"](tmp_path)
+
+
+def test_flask_body_chunks_pass_through_no_werkzeug_or_middleware_code() -> None:
+    app = Flask(__name__)
+    cleanup_middleware.flask.init_app(app)
+    closed: list[str] = []
+
+    @app.get("/chunks")
+    def chunks() -> Response:
+        response = Response([b"chunk"] * 100)
+        response.call_on_close(lambda: closed.append("chunks"))
+        return response
+
+    body = app(environ_for("/chunks"), lambda status, headers, exc_info=None: None)
+    called: list[str] = []
+
+    def record(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            called.append(f"{frame.f_globals.get('__name__')}.{frame.f_code.co_name}")
+
+    sys.setprofile(record)
+    try:
+        data = b"".join(body)
+    finally:
+        sys.setprofile(None)
+    body.close()  # type: ignore[attr-defined]
+    assert data == b"chunk" * 100
+    # Werkzeug's encoding generator, resumed once per chunk; no ClosingIterator.__next__.
+    assert set(called) <= {"werkzeug.wrappers.response._iter_encoded"}
+    assert closed == ["chunks"]
+
+
+def test_a_failing_call_on_close_callback_is_logged_and_the_hooks_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = Flask(__name__)
+    cleanup_middleware.flask.init_app(app)
+    closed: list[str] = []
+
+    def fails() -> None:
+        raise OSError("callback failed")
+
+    @app.get("/plain")
+    def plain() -> Response:
+        from flask import request
+
+        cleanup_middleware.add_cleanup(request.environ, closed.append, "hook")
+        response = Response("hello")
+        response.call_on_close(fails)
+        return response
+
+    with caplog.at_level(logging.ERROR, logger="cleanup_middleware"):
+        _, data = serve(app, environ_for("/plain"))
+    assert data == b"hello"
+    assert closed == ["hook"]
+    [record] = caplog.records
+    assert record.getMessage() == (
+        "cleanup hook werkzeug.wrappers.response.Response.close failed for GET /plain"
+    )
