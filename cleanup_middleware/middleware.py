@@ -14,7 +14,8 @@ import os
 from contextlib import suppress
 from typing import TYPE_CHECKING, Literal
 
-from .cleanup import ENVIRON_KEY, RaisingResponseCleanup, ResponseCleanup
+from . import cleanup as _cleanup  # its _observing, read per request
+from .cleanup import ENVIRON_KEY, RaisingResponseCleanup, ResponseCleanup, _entered
 from .files import FILE_WRAPPER_KEY, FileWrapperSubstitute, needs_substitute, serve_app_file
 
 if TYPE_CHECKING:
@@ -154,6 +155,8 @@ class CleanupMiddleware:
         cleanup = environ[ENVIRON_KEY] = cleanup_class()
         cleanup._environ = environ
         cleanup._hooks = []
+        if _cleanup._observing:
+            _entered(cleanup_class._observers, environ)
         substitute = None
         if self._judge_file_wrapper:
             substitute = self._substitute(environ)

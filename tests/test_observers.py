@@ -1,0 +1,175 @@
+"""What observers of cleanup are told (``cleanup._Observer``), and the slow-hook WARNING.
+
+The seam is internal: OpenTelemetry (``tests/test_otel.py``), the slow-hook log of
+``CleanupMiddleware(slow_hook_seconds=...)`` and test fixtures use it. Durations come from a fake
+clock that the hooks themselves advance, so no test depends on how fast this machine is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from typing import Any
+
+import pytest
+from test_semantics import make_environ, serve, start_response
+
+from cleanup_middleware import CleanupMiddleware, add_cleanup, cleanup, defer
+from cleanup_middleware.reporting import hook_name
+
+
+class Clock:
+    """A fake ``perf_counter``: hooks advance it to take as long as a test needs."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def takes(self, seconds: float) -> Callable[[], None]:
+        def hook() -> None:
+            self.now += seconds
+
+        hook.__qualname__ = f"takes_{seconds:g}s"
+        return hook
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(cleanup, "perf_counter", fake)
+    return fake
+
+
+class Recorder(cleanup._Observer):
+    """Everything it is told, as tuples."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def request(self, environ: dict[str, Any]) -> None:
+        self.events.append(("request", environ["PATH_INFO"]))
+
+    def watch(self, environ: dict[str, Any]) -> cleanup._Watcher:
+        return Watching(self.events)
+
+    def deferred(
+        self, work: object, request: str, waited: float, seconds: float, error: Any
+    ) -> None:
+        self.events.append(("deferred", hook_name(work), request, waited, seconds, error))
+
+    def abandoned(self, environ: dict[str, Any]) -> None:
+        self.events.append(("abandoned", environ["PATH_INFO"]))
+
+
+class Watching(cleanup._Watcher):
+    def __init__(self, events: list[tuple[Any, ...]]) -> None:
+        self.events = events
+
+    def hook(self, environ: dict[str, Any], hook: object, seconds: float, error: Any) -> None:
+        self.events.append(("hook", hook_name(hook), seconds, type(error).__name__))
+
+    def end(self) -> None:
+        self.events.append(("end",))
+
+
+@pytest.fixture
+def observer() -> Iterator[Recorder]:
+    recorder = Recorder()
+    cleanup._add_observer(recorder)
+    try:
+        yield recorder
+    finally:
+        cleanup._remove_observer(recorder)
+    assert cleanup.ResponseCleanup._observers == ()
+
+
+class Inline(Executor):
+    """Runs what it is given at once: deferred work, deterministically."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def failing() -> None:
+    raise ValueError("no")
+
+
+def test_an_observer_sees_each_hook_in_order_with_its_time_and_error(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        add_cleanup(environ, clock.takes(0.25))
+        add_cleanup(environ, failing)
+        defer(environ, clock.takes(3))  # its hand-off is no hook; its run is told apart
+        add_cleanup(environ, clock.takes(2))
+        start_response("200 OK", [])
+        return [b"x"]
+
+    middleware = CleanupMiddleware(app, executor=Inline())  # made before the observer came
+    recorder = Recorder()
+    cleanup._add_observer(recorder)
+    try:
+        serve(middleware)
+        serve(CleanupMiddleware(lambda environ, start_response: [b""]))  # no hooks: no watch
+    finally:
+        cleanup._remove_observer(recorder)
+    serve(middleware)  # removed: told nothing more
+
+    module = __name__
+    assert recorder.events == [
+        ("request", "/thing"),
+        ("hook", f"{module}.takes_2s", 2.0, "NoneType"),
+        ("hook", f"{module}.failing", 0.0, "ValueError"),
+        ("hook", f"{module}.takes_0.25s", 0.25, "NoneType"),
+        ("deferred", f"{module}.takes_3s", "GET /thing", 0.0, 3.0, None),
+        ("end",),
+        ("request", "/thing"),
+    ]
+    assert cleanup.ResponseCleanup._observers == ()
+    assert "cleanup hook test_observers.failing failed for GET /thing" in caplog.text
+
+
+def test_an_observer_that_raises_is_logged_and_the_hooks_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(cleanup._Observer, cleanup._Watcher):
+        def watch(self, environ: dict[str, Any]) -> cleanup._Watcher:
+            return self
+
+        def hook(self, environ: dict[str, Any], hook: object, seconds: float, error: Any) -> None:
+            raise RuntimeError("observer bug")
+
+    ran: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        add_cleanup(environ, ran.append, "first")
+        add_cleanup(environ, ran.append, "second")
+        start_response("200 OK", [])
+        return [b"x"]
+
+    broken = Broken()
+    cleanup._add_observer(broken)
+    try:
+        serve(CleanupMiddleware(app, on_hook_error="raise"))
+    finally:
+        cleanup._remove_observer(broken)
+    assert ran == ["second", "first"]
+    assert caplog.text.count("<locals>.Broken failed in hook()") == 2
+
+
+def test_the_garbage_collection_net_tells_observers(observer: Recorder) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        add_cleanup(environ, lambda: None)
+        start_response("200 OK", [])
+        return [b"x"]
+
+    environ = make_environ(PATH_INFO="/left")
+    body = CleanupMiddleware(app)(environ, start_response)
+    del environ[cleanup.ENVIRON_KEY]  # no cycle: the body goes when its last reference does
+    with pytest.warns(ResourceWarning):
+        del body
+    assert observer.events[-1] == ("abandoned", "/left")
