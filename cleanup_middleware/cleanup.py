@@ -18,6 +18,7 @@ path without standing between the server and the body's chunks:
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -216,6 +217,11 @@ class _Watch:
     def end(self) -> None:
         for watcher in self.watchers:
             _tell(watcher, "end")
+
+
+def _is_threshold(value: object) -> bool:
+    """Whether ``value`` is a number of seconds above 0 that an observer can compare with."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def _entered(observers: tuple[_Observer, ...], environ: WSGIEnvironment) -> None:

@@ -7,14 +7,16 @@ clock that the hooks themselves advance, so no test depends on how fast this mac
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
+from pathlib import Path
 from typing import Any
 
 import pytest
 from test_semantics import make_environ, serve, start_response
 
-from cleanup_middleware import CleanupMiddleware, add_cleanup, cleanup, defer
+from cleanup_middleware import CleanupMiddleware, ConfigError, add_cleanup, cleanup, defer
 from cleanup_middleware.reporting import hook_name
 
 
@@ -173,3 +175,69 @@ def test_the_garbage_collection_net_tells_observers(observer: Recorder) -> None:
     with pytest.warns(ResourceWarning):
         del body
     assert observer.events[-1] == ("abandoned", "/left")
+
+
+def slow_app(clock: Clock, seconds: float) -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        add_cleanup(environ, clock.takes(seconds))
+        defer(environ, clock.takes(seconds))
+        start_response("200 OK", [])
+        return [b"x"]
+
+    return app
+
+
+def slow_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "slow_hook_seconds" in r.getMessage()]
+
+
+def test_a_hook_or_deferred_function_slower_than_slow_hook_seconds_logs_one_warning(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = CleanupMiddleware(slow_app(clock, 0.75), slow_hook_seconds=0.5, executor=Inline())
+    # The path is the client's: escaped and bounded as in every line of the library.
+    serve(app, make_environ(PATH_INFO="/report\n\x1b[31mforged", REQUEST_METHOD="GET"))
+
+    module = __name__
+    assert slow_lines(caplog) == [
+        f"cleanup hook {module}.takes_0.75s took 0.750 s for GET /report\\x0a\\x1b[31mforged, "
+        "over slow_hook_seconds=0.5",
+        f"deferred function {module}.takes_0.75s took 0.750 s for GET "
+        "/report\\x0a\\x1b[31mforged, over slow_hook_seconds=0.5",
+    ]
+    assert all(r.levelno == logging.WARNING for r in caplog.records if "slow_hook" in r.msg)
+
+
+def test_a_hook_within_slow_hook_seconds_or_without_it_logs_nothing(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    serve(CleanupMiddleware(slow_app(clock, 0.5), slow_hook_seconds=0.5, executor=Inline()))
+    serve(CleanupMiddleware(slow_app(clock, 60), executor=Inline()))  # off by default
+    assert slow_lines(caplog) == []
+
+
+@pytest.mark.parametrize("value", [0, -1, True, "0.5", float("nan"), float("inf")])
+def test_slow_hook_seconds_must_be_a_number_of_seconds(value: object) -> None:
+    with pytest.raises(ValueError, match=r"CleanupMiddleware\(slow_hook_seconds=.*such as 0.5"):
+        CleanupMiddleware(lambda e, s: [], slow_hook_seconds=value)  # type: ignore[arg-type]
+
+
+def test_the_config_key_sets_it_and_the_argument_wins(
+    clock: Clock, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    config = tmp_path / "cleanup.toml"
+    config.write_text("slow-hook-seconds = 1\n")
+    serve(CleanupMiddleware(slow_app(clock, 1.5), config=config, executor=Inline()))
+    assert len(slow_lines(caplog)) == 2
+    caplog.clear()
+    middleware = CleanupMiddleware(slow_app(clock, 1.5), config=config, slow_hook_seconds=2)
+    assert middleware.slow_hook_seconds == 2
+    assert CleanupMiddleware(lambda e, s: [], config=config).slow_hook_seconds == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-0.5", '"fast"', "true", "inf"])
+def test_the_config_key_must_be_a_number_of_seconds(tmp_path: Path, value: str) -> None:
+    config = tmp_path / "cleanup.toml"
+    config.write_text(f"slow-hook-seconds = {value}\n")
+    with pytest.raises(ConfigError, match=r"slow-hook-seconds: must be a number of seconds"):
+        CleanupMiddleware(lambda e, s: [], config=config)
