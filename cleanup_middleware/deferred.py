@@ -33,6 +33,7 @@ once the response is closed.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import os
 import threading
 import time
@@ -83,17 +84,21 @@ _FULL_WARNING_INTERVAL = 60.0
 
 
 class _DeferredCall:
-    """One deferred function with its arguments, and the request it came from, for the log."""
+    """One deferred function with its arguments, the request it came from, for the log, and the
+    context it runs in: a copy of the one :func:`defer` was called in."""
 
-    __slots__ = ("request", "work")
+    __slots__ = ("context", "request", "work")
 
-    def __init__(self, work: Callable[[], object], request: str) -> None:
+    def __init__(
+        self, work: Callable[[], object], request: str, context: contextvars.Context
+    ) -> None:
         self.work = work
         self.request = request  # method and path, escaped: never the environ itself
+        self.context = context
 
     def __call__(self) -> None:
         try:
-            self.work()
+            self.context.run(self.work)
         except Exception as exc:
             _log_failure(self, exc)
 
@@ -355,7 +360,7 @@ class _HandOff(_Unwatched):
     executor. Deferred functions sit at the bottom of the stack in the order deferred, so they
     are handed over in that order, after every hook."""
 
-    __slots__ = ("cleanup", "environ", "work")
+    __slots__ = ("cleanup", "context", "environ", "work")
 
     def __init__(
         self, cleanup: ResponseCleanup, work: Callable[[], object], environ: WSGIEnvironment
@@ -363,6 +368,8 @@ class _HandOff(_Unwatched):
         self.cleanup = cleanup
         self.work = work
         self.environ = environ  # for the log: method and path
+        # The caller's context variables (a trace's span, say), as they are now.
+        self.context = contextvars.copy_context()
 
     def __call__(self) -> None:
         request = describe_request(self.environ)
@@ -371,7 +378,9 @@ class _HandOff(_Unwatched):
             executor = default_executor()
         observers = self.cleanup._observers
         work = _DeferredCall(
-            _WatchedCall(self.work, observers, request) if observers else self.work, request
+            _WatchedCall(self.work, observers, request) if observers else self.work,
+            request,
+            self.context,
         )
         try:
             if isinstance(executor, DeferredPool):
