@@ -135,6 +135,8 @@ _Work = _DeferredCall | _FutureCall
 
 # Every DeferredPool alive, for drain() and for resetting them in a forked child.
 _pools: weakref.WeakSet[DeferredPool] = weakref.WeakSet()
+# Deferred functions drain() abandoned in this process, in all: for cleanup_middleware.otel.
+_abandoned = 0
 
 
 class DeferredPool(Executor):
@@ -187,6 +189,7 @@ class DeferredPool(Executor):
         self._idle = 0
         self._refused_since_warning = 0
         self._last_full_warning = -_FULL_WARNING_INTERVAL
+        self._ran_inline = 0  # in all, in this process: for cleanup_middleware.otel
 
     def _put(self, work: _Work) -> bool:
         """Queue ``work``; false when the queue is full (the caller then runs it).
@@ -198,6 +201,7 @@ class DeferredPool(Executor):
                 raise RuntimeError("cannot schedule new work after shutdown")
             if len(self._queue) >= self.max_queued:
                 self._refused_since_warning += 1
+                self._ran_inline += 1
                 return False
             self._queue.append(work)
             if len(self._queue) > self._idle and self._threads < self.max_workers:
@@ -446,6 +450,7 @@ def drain(timeout: float) -> int:
 
 
 def _drain_pools(pools: list[DeferredPool], timeout: float) -> int:
+    global _abandoned
     deadline = time.monotonic() + timeout
     pending = sum(len(pool._left()) for pool in pools)
     if pending:
@@ -458,6 +463,7 @@ def _drain_pools(pools: list[DeferredPool], timeout: float) -> int:
         # Also when the wait is cut short (gunicorn's SIGABRT raises SystemExit in it).
         for pool in pools:
             left += pool._left()
+        _abandoned += len(left)
         if left:
             names = Counter(work.name for work in left)
             logger.warning(

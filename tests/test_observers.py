@@ -14,34 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Clock
 from test_semantics import make_environ, serve, start_response
 
 from cleanup_middleware import CleanupMiddleware, ConfigError, add_cleanup, cleanup, defer
 from cleanup_middleware.reporting import hook_name
-
-
-class Clock:
-    """A fake ``perf_counter``: hooks advance it to take as long as a test needs."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def takes(self, seconds: float) -> Callable[[], None]:
-        def hook() -> None:
-            self.now += seconds
-
-        hook.__qualname__ = f"takes_{seconds:g}s"
-        return hook
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(cleanup, "perf_counter", fake)
-    return fake
 
 
 class Recorder(cleanup._Observer):
@@ -124,10 +101,10 @@ def test_an_observer_sees_each_hook_in_order_with_its_time_and_error(
     module = __name__
     assert recorder.events == [
         ("request", "/thing"),
-        ("hook", f"{module}.takes_2s", 2.0, "NoneType"),
+        ("hook", "conftest.takes_2s", 2.0, "NoneType"),
         ("hook", f"{module}.failing", 0.0, "ValueError"),
-        ("hook", f"{module}.takes_0.25s", 0.25, "NoneType"),
-        ("deferred", f"{module}.takes_3s", "GET /thing", 0.0, 3.0, None),
+        ("hook", "conftest.takes_0.25s", 0.25, "NoneType"),
+        ("deferred", "conftest.takes_3s", "GET /thing", 0.0, 3.0, None),
         ("end",),
         ("request", "/thing"),
     ]
@@ -198,11 +175,10 @@ def test_a_hook_or_deferred_function_slower_than_slow_hook_seconds_logs_one_warn
     # The path is the client's: escaped and bounded as in every line of the library.
     serve(app, make_environ(PATH_INFO="/report\n\x1b[31mforged", REQUEST_METHOD="GET"))
 
-    module = __name__
     assert slow_lines(caplog) == [
-        f"cleanup hook {module}.takes_0.75s took 0.750 s for GET /report\\x0a\\x1b[31mforged, "
+        "cleanup hook conftest.takes_0.75s took 0.750 s for GET /report\\x0a\\x1b[31mforged, "
         "over slow_hook_seconds=0.5",
-        f"deferred function {module}.takes_0.75s took 0.750 s for GET "
+        "deferred function conftest.takes_0.75s took 0.750 s for GET "
         "/report\\x0a\\x1b[31mforged, over slow_hook_seconds=0.5",
     ]
     assert all(r.levelno == logging.WARNING for r in caplog.records if "slow_hook" in r.msg)
