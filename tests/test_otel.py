@@ -95,6 +95,12 @@ def hooks_app(clock: Clock, seen: list[Any] | None = None) -> Any:
     return app
 
 
+def one_hook_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    add_cleanup(environ, lambda: None)
+    start_response("200 OK", [])
+    return [b"x"]
+
+
 def test_each_hook_is_a_histogram_point_named_as_the_logs_name_it(
     telemetry: Telemetry, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -150,13 +156,8 @@ def test_with_no_span_recording_at_close_the_parent_is_the_span_of_the_request(
 ) -> None:
     # As with OpenTelemetry's WSGI middleware outside ours: its span is current while the
     # application runs, and no longer when the server closes the body.
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        add_cleanup(environ, lambda: None)
-        start_response("200 OK", [])
-        return [b"x"]
-
     with telemetry.tracer.start_as_current_span("request") as request:
-        body = CleanupMiddleware(app)(make_environ(), start_response)
+        body = CleanupMiddleware(one_hook_app)(make_environ(), start_response)
     body.close()  # type: ignore[attr-defined]
 
     [span] = telemetry.spans()
@@ -200,12 +201,7 @@ def test_instrument_again_replaces_the_providers(clock: Clock) -> None:
 def test_responses_closed_by_the_garbage_collection_net_are_counted(
     telemetry: Telemetry,
 ) -> None:
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        add_cleanup(environ, lambda: None)
-        start_response("200 OK", [])
-        return [b"x"]
-
-    body = CleanupMiddleware(app)(make_environ(), start_response)
+    body = CleanupMiddleware(one_hook_app)(make_environ(), start_response)
     with pytest.warns(ResourceWarning):
         del body
         gc.collect()  # the environ and its cleanup refer to each other
