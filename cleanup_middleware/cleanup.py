@@ -88,7 +88,7 @@ class _Observer:
       ``hook(environ, hook, seconds, error)`` follows each hook, with the seconds it took and the
       exception it raised (else ``None``), and ``end()`` follows the last hook. The clock is
       read once per hook, for every watcher. A :class:`_Unwatched` hook (the hand-off of
-      :func:`~cleanup_middleware.defer`) is not shown, and its time counts as the next hook's;
+      :func:`~cleanup_middleware.defer`) is not shown, nor its time counted in the next hook's;
     * :meth:`deferred`: a function given to :func:`~cleanup_middleware.defer` by a request of
       the class ran: the seconds it waited after its hand-off and ran, what it raised;
     * :meth:`abandoned`: the garbage-collection net closed a response.
