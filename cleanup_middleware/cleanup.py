@@ -18,12 +18,14 @@ path without standing between the server and the body's chunks:
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from functools import partial
+from time import perf_counter
 from types import GeneratorType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -31,7 +33,9 @@ from .reporting import (
     StandIn,
     closed_error,
     hook_failed,
+    hook_name,
     log_unpatchable,
+    logger,
     not_callable,
     not_wrapped,
     report_abandoned,
@@ -66,6 +70,202 @@ _UNKNOWN = BaseException("outcome unknown: the response was never closed")
 _registry_lock = threading.Lock()
 # Without the GIL, close() takes the lock for its last look at the hooks (see ResponseCleanup).
 _GIL_DISABLED = not getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
+class _Observer:
+    """Someone who watches cleanup: the seam of OpenTelemetry, the slow-hook log, test fixtures.
+
+    Internal. An observer is process-wide (:func:`_add_observer` and :func:`_remove_observer`:
+    :mod:`cleanup_middleware.otel`, a test fixture) or one middleware's (the ``_own_observers``
+    of its cleanup class: the slow-hook log). Each cleanup class's ``_observers`` holds the
+    process-wide ones, then its own; adding or removing a process-wide one recomputes it for
+    every class, so that middleware made earlier sees the change too. Observers are told, in
+    the thread where it happens:
+
+    * :meth:`request`: a request enters the outermost middleware, before the application;
+    * :meth:`watch`: ``close()`` is about to run a response's hooks (never for a response with
+      none). It returns a :class:`_Watcher` for that response, or ``None``. The watcher's
+      ``hook(environ, hook, seconds, error)`` follows each hook, with the seconds it took and the
+      exception it raised (else ``None``), and ``end()`` follows the last hook. The clock is
+      read once per hook, for every watcher. A :class:`_Unwatched` hook (the hand-off of
+      :func:`~cleanup_middleware.defer`) is not shown, nor its time counted in the next hook's;
+    * :meth:`deferred`: a function given to :func:`~cleanup_middleware.defer` by a request of
+      the class ran: the seconds it waited after its hand-off and ran, what it raised;
+    * :meth:`abandoned`: the garbage-collection net closed a response.
+
+    Without observers, a request pays one attribute test in the middleware and one in
+    ``close()``, and a local test per hook. An observer that raises is logged and ignored: the
+    hooks still run. Example, the names of the hooks each response ran, in order::
+
+        class Recorder(_Observer):
+            def __init__(self):
+                self.responses = []
+
+            def watch(self, environ):
+                names = []
+                self.responses.append(names)
+                return Recording(names)
+
+        class Recording(_Watcher):
+            def __init__(self, names):
+                self.names = names
+
+            def hook(self, environ, hook, seconds, error):
+                self.names.append(hook_name(hook))
+
+        _add_observer(Recorder())
+    """
+
+    __slots__ = ()
+
+    def request(self, environ: WSGIEnvironment) -> None:
+        """A request entered the middleware; the application runs next."""
+
+    def watch(self, environ: WSGIEnvironment) -> _Watcher | None:
+        """``close()`` is about to run this response's hooks: who watches them, if anyone."""
+        return None
+
+    def deferred(
+        self, work: object, request: str, waited: float, seconds: float, error: BaseException | None
+    ) -> None:
+        """A deferred function ran; ``request`` is its request's method and path, escaped."""
+
+    def abandoned(self, environ: WSGIEnvironment) -> None:
+        """The garbage-collection net closed this response."""
+
+
+class _Watcher:
+    """What watches one response's hooks for an :class:`_Observer` (see there)."""
+
+    __slots__ = ()
+
+    def hook(
+        self, environ: WSGIEnvironment, hook: object, seconds: float, error: BaseException | None
+    ) -> None:
+        """A hook ran for ``seconds``; ``error`` is what it raised, else ``None``."""
+
+    def end(self) -> None:
+        """The response's last hook ran."""
+
+
+class _Unwatched(StandIn):
+    """A hook that watchers are not shown: the hand-off of ``defer()``, whose function is."""
+
+    __slots__ = ()
+
+
+# The process's observers, first in every cleanup class's _observers.
+_process_observers: tuple[_Observer, ...] = ()
+# Whether any cleanup class has observers: a module global, which a request tests more cheaply
+# than a class attribute (Python 3.11 does not specialise those).
+_observing = False
+
+
+def _add_observer(observer: _Observer) -> None:
+    """Let ``observer`` watch every response of the process from now on."""
+    global _process_observers
+    _process_observers = (*_process_observers, observer)
+    _set_observers()
+
+
+def _remove_observer(observer: _Observer) -> None:
+    """Tell ``observer`` nothing more (responses closing meanwhile may still tell it)."""
+    global _process_observers
+    _process_observers = tuple(o for o in _process_observers if o is not observer)
+    _set_observers()
+
+
+def _set_observers() -> None:
+    """Give every cleanup class the process's observers, then its own."""
+    global _observing
+    observing = False
+    classes: list[type[ResponseCleanup]] = [ResponseCleanup]
+    while classes:
+        cls = classes.pop()
+        cls._observers = (*_process_observers, *cls._own_observers)
+        observing = observing or bool(cls._observers)
+        classes += cls.__subclasses__()
+    _observing = observing
+
+
+def _tell(observer: object, event: str, *args: object) -> Any:
+    """Call ``observer``'s method ``event``; what it raises is logged, and ``None`` returned."""
+    try:
+        return getattr(observer, event)(*args)
+    except Exception as exc:
+        logger.error("cleanup observer %s failed in %s()", hook_name(observer), event, exc_info=exc)
+        return None
+
+
+class _Watch:
+    """One response's hooks as its watchers see them: the clock read once per hook for all."""
+
+    __slots__ = ("environ", "last", "watchers")
+
+    def __init__(self, environ: WSGIEnvironment, watchers: list[_Watcher]) -> None:
+        self.environ = environ
+        self.watchers = watchers
+        self.last = perf_counter()
+
+    def hook(self, hook: object, error: BaseException | None) -> None:
+        now = perf_counter()
+        seconds, self.last = now - self.last, now
+        if not isinstance(hook, _Unwatched):
+            for watcher in self.watchers:
+                _tell(watcher, "hook", self.environ, hook, seconds, error)
+
+    def end(self) -> None:
+        for watcher in self.watchers:
+            _tell(watcher, "end")
+
+
+def _is_threshold(value: object) -> bool:
+    """Whether ``value`` is a number of seconds above 0 that an observer can compare with."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def _entered(observers: tuple[_Observer, ...], environ: WSGIEnvironment) -> None:
+    """Tell ``observers`` that a request entered the middleware."""
+    for observer in observers:
+        _tell(observer, "request", environ)
+
+
+def _watch(observers: tuple[_Observer, ...], environ: WSGIEnvironment) -> _Watch | None:
+    """The watch of a response's hooks by ``observers``; ``None`` when none watches them."""
+    watchers = [w for o in observers if (w := _tell(o, "watch", environ)) is not None]
+    return _Watch(environ, watchers) if watchers else None
+
+
+class _WatchedCall(StandIn):
+    """A deferred function whose run is told to the observers of the request that deferred it."""
+
+    __slots__ = ("handed_at", "observers", "request", "work")
+
+    def __init__(
+        self, work: Callable[[], object], observers: tuple[_Observer, ...], request: str
+    ) -> None:
+        self.work = work
+        self.observers = observers
+        self.request = request
+        self.handed_at = perf_counter()
+
+    def __call__(self) -> None:
+        start = perf_counter()
+        error = None
+        try:
+            self.work()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            waited, seconds = start - self.handed_at, perf_counter() - start
+            for observer in self.observers:
+                _tell(observer, "deferred", self.work, self.request, waited, seconds, error)
+            del error  # the traceback refers to this frame
+
+    @property
+    def named_after(self) -> object:
+        return self.work
 
 
 class _ContextExit(StandIn):
@@ -199,6 +399,13 @@ class ResponseCleanup(_ResponseCleanupBase):
     #: After every hook ran, raise a hook's exception from :meth:`close` instead of only
     #: logging it. ``CleanupMiddleware(on_hook_error="raise")`` uses a subclass that sets it.
     raise_hook_errors: ClassVar[bool] = False
+    #: Who watches this class's responses (see :class:`_Observer`): the process's, then its own.
+    _observers: ClassVar[tuple[_Observer, ...]] = ()
+    _own_observers: ClassVar[tuple[_Observer, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _set_observers()
 
     @property
     def failure(self) -> BaseException | None:
@@ -293,6 +500,9 @@ class ResponseCleanup(_ResponseCleanupBase):
                 body_error = exc
                 self.record_failure(exc)
         hooks: list[_Hook] = self._hooks  # type: ignore[assignment]
+        watch = None
+        if _observing and hooks:
+            watch = _watch(self._observers, environ)
         # Each hook is taken off the end before it runs, so hooks registered meanwhile (by a
         # hook, say) run too, right after the one that registered them.
         while hooks:
@@ -304,6 +514,11 @@ class ResponseCleanup(_ResponseCleanupBase):
                 hook()
             except BaseException as exc:
                 hook_error = hook_failed(environ, hook, exc, hook_error)
+                if watch is not None:
+                    watch.hook(hook, exc)
+            else:
+                if watch is not None:
+                    watch.hook(hook, None)
         # Closed: from here a registration fails or takes its hook back (see the class).
         self._hooks = _CLOSED
         if hooks or _GIL_DISABLED:
@@ -312,6 +527,13 @@ class ResponseCleanup(_ResponseCleanupBase):
                     hook()
                 except BaseException as exc:
                     hook_error = hook_failed(environ, hook, exc, hook_error)
+                    if watch is not None:
+                        watch.hook(hook, exc)
+                else:
+                    if watch is not None:
+                        watch.hook(hook, None)
+        if watch is not None:
+            watch.end()
         if hook_error is not None or body_error is not None:
             self._raise_errors(hook_error, body_error)
 
@@ -334,6 +556,8 @@ class ResponseCleanup(_ResponseCleanupBase):
         try:
             self.close()
         finally:
+            for observer in self._observers:
+                _tell(observer, "abandoned", environ)
             # Only now, after the hooks ran: a warning filter may turn the warning into an error.
             report_abandoned(environ)
 

@@ -6,6 +6,7 @@ in a ``[tool.cleanup-middleware]`` table of ``pyproject.toml``::
 
     on-hook-error = "log"                 # "log" (the default) or "raise"
     executor = "myapp.tasks:pool"         # a concurrent.futures.Executor for defer() (optional)
+    slow-hook-seconds = 0.5               # a WARNING for each hook slower than this (optional)
 
     [[hooks]]
     call = "myapp.db:remove_session"      # called as fn(environ) when each response closes
@@ -45,7 +46,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from .cleanup import add_cleanup, enter_context
+from .cleanup import _is_threshold, add_cleanup, enter_context
 from .deferred import deferring
 
 if sys.version_info >= (3, 11):
@@ -85,7 +86,7 @@ _HOOKS_ARGUMENT = "hooks=[...] argument"
 # The config hooks registered on a request so far, so that nested middleware add each once.
 _REGISTERED_KEY = "cleanup_middleware.config_hooks"
 
-_TOP_KEYS = ("on-hook-error", "executor", "hooks")
+_TOP_KEYS = ("on-hook-error", "executor", "slow-hook-seconds", "hooks")
 _HOOK_KEYS = ("call", "context", "defer", "paths", "methods")
 _PYPROJECT_TABLE = "tool.cleanup-middleware"
 # RFC 9110 token: what a request method may be made of.
@@ -173,6 +174,7 @@ class Config:
     :param hooks: the hooks as declared, in order.
     :param compiled: the same hooks, imported and checked, for :func:`register`.
     :param executor: the file's ``executor``, imported; ``None`` when it names none.
+    :param slow_hook_seconds: the file's ``slow-hook-seconds``; ``None`` when it sets none.
     """
 
     source: str
@@ -180,6 +182,7 @@ class Config:
     hooks: tuple[Hook, ...]
     compiled: tuple[_Compiled, ...]
     executor: Executor | None = None
+    slow_hook_seconds: float | None = None
 
 
 def register(hooks: tuple[_Compiled, ...], environ: WSGIEnvironment) -> None:
@@ -236,6 +239,7 @@ def configure(
         from_file.hooks + in_code.hooks,
         from_file.compiled + in_code.compiled,
         from_file.executor,
+        from_file.slow_hook_seconds,
     )
 
 
@@ -299,6 +303,16 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         _check_keys(entry, _HOOK_KEYS, source, f"{prefix}hooks[{index}].")
         hooks.append(Hook(**{key: entry[key] for key in _HOOK_KEYS if key in entry}))
     config = _compile(source, prefix, on_hook_error, hooks)
+    if "slow-hook-seconds" in document:
+        slow = document["slow-hook-seconds"]
+        if not _is_threshold(slow):
+            raise ConfigError(
+                source,
+                f"{prefix}slow-hook-seconds",
+                f"must be a number of seconds above 0, got {slow!r}; write "
+                "slow-hook-seconds = 0.5, or remove the key for no slow-hook warning",
+            )
+        config = replace(config, slow_hook_seconds=float(slow))
     if "executor" not in document:
         return config
     return replace(config, executor=_executor(document["executor"], source, f"{prefix}executor"))

@@ -33,6 +33,7 @@ once the response is closed.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import os
 import threading
 import time
@@ -43,8 +44,8 @@ from concurrent.futures import Executor, Future
 from functools import partial
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from .cleanup import ENVIRON_KEY
-from .reporting import StandIn, describe_request, hook_name, logger, not_callable, not_wrapped
+from .cleanup import ENVIRON_KEY, _Unwatched, _WatchedCall
+from .reporting import describe_request, hook_name, logger, not_callable, not_wrapped
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -83,17 +84,21 @@ _FULL_WARNING_INTERVAL = 60.0
 
 
 class _DeferredCall:
-    """One deferred function with its arguments, and the request it came from, for the log."""
+    """One deferred function with its arguments, the request it came from, for the log, and the
+    context it runs in: a copy of the one :func:`defer` was called in."""
 
-    __slots__ = ("request", "work")
+    __slots__ = ("context", "request", "work")
 
-    def __init__(self, work: Callable[[], object], request: str) -> None:
+    def __init__(
+        self, work: Callable[[], object], request: str, context: contextvars.Context
+    ) -> None:
         self.work = work
         self.request = request  # method and path, escaped: never the environ itself
+        self.context = context
 
     def __call__(self) -> None:
         try:
-            self.work()
+            self.context.run(self.work)
         except Exception as exc:
             _log_failure(self, exc)
 
@@ -130,6 +135,8 @@ _Work = _DeferredCall | _FutureCall
 
 # Every DeferredPool alive, for drain() and for resetting them in a forked child.
 _pools: weakref.WeakSet[DeferredPool] = weakref.WeakSet()
+# Deferred functions drain() abandoned in this process, in all: for cleanup_middleware.otel.
+_abandoned = 0
 
 
 class DeferredPool(Executor):
@@ -182,6 +189,7 @@ class DeferredPool(Executor):
         self._idle = 0
         self._refused_since_warning = 0
         self._last_full_warning = -_FULL_WARNING_INTERVAL
+        self._ran_inline = 0  # in all, in this process: for cleanup_middleware.otel
 
     def _put(self, work: _Work) -> bool:
         """Queue ``work``; false when the queue is full (the caller then runs it).
@@ -193,6 +201,7 @@ class DeferredPool(Executor):
                 raise RuntimeError("cannot schedule new work after shutdown")
             if len(self._queue) >= self.max_queued:
                 self._refused_since_warning += 1
+                self._ran_inline += 1
                 return False
             self._queue.append(work)
             if len(self._queue) > self._idle and self._threads < self.max_workers:
@@ -350,12 +359,12 @@ def defer(environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwa
     cleanup._register(_HandOff(cleanup, work, environ), "defer", last=True)
 
 
-class _HandOff(StandIn):
+class _HandOff(_Unwatched):
     """A function given to :func:`defer`: at its turn in ``close()``, last of all, it goes to the
     executor. Deferred functions sit at the bottom of the stack in the order deferred, so they
     are handed over in that order, after every hook."""
 
-    __slots__ = ("cleanup", "environ", "work")
+    __slots__ = ("cleanup", "context", "environ", "work")
 
     def __init__(
         self, cleanup: ResponseCleanup, work: Callable[[], object], environ: WSGIEnvironment
@@ -363,13 +372,20 @@ class _HandOff(StandIn):
         self.cleanup = cleanup
         self.work = work
         self.environ = environ  # for the log: method and path
+        # The caller's context variables (a trace's span, say), as they are now.
+        self.context = contextvars.copy_context()
 
     def __call__(self) -> None:
         request = describe_request(self.environ)
         executor: Executor | None = getattr(self.cleanup, "executor", None)
         if executor is None:
             executor = default_executor()
-        work = _DeferredCall(self.work, request)
+        observers = self.cleanup._observers
+        work = _DeferredCall(
+            _WatchedCall(self.work, observers, request) if observers else self.work,
+            request,
+            self.context,
+        )
         try:
             if isinstance(executor, DeferredPool):
                 if not executor._put(work):
@@ -434,6 +450,7 @@ def drain(timeout: float) -> int:
 
 
 def _drain_pools(pools: list[DeferredPool], timeout: float) -> int:
+    global _abandoned
     deadline = time.monotonic() + timeout
     pending = sum(len(pool._left()) for pool in pools)
     if pending:
@@ -446,6 +463,7 @@ def _drain_pools(pools: list[DeferredPool], timeout: float) -> int:
         # Also when the wait is cut short (gunicorn's SIGABRT raises SystemExit in it).
         for pool in pools:
             left += pool._left()
+        _abandoned += len(left)
         if left:
             names = Counter(work.name for work in left)
             logger.warning(

@@ -14,8 +14,18 @@ import os
 from contextlib import suppress
 from typing import TYPE_CHECKING, Literal
 
-from .cleanup import ENVIRON_KEY, RaisingResponseCleanup, ResponseCleanup
+from . import cleanup as _cleanup  # its _observing, read per request
+from .cleanup import (
+    ENVIRON_KEY,
+    RaisingResponseCleanup,
+    ResponseCleanup,
+    _entered,
+    _is_threshold,
+    _Observer,
+    _Watcher,
+)
 from .files import FILE_WRAPPER_KEY, FileWrapperSubstitute, needs_substitute, serve_app_file
+from .reporting import describe_request, hook_name, logger
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -61,6 +71,10 @@ class CleanupMiddleware:
         :func:`~cleanup_middleware.defer`; when not given, the config file's ``executor``, else
         the process's :class:`~cleanup_middleware.deferred.DeferredPool`. In nested
         middleware, the outermost one's applies.
+    :param slow_hook_seconds: a hook or deferred function that runs longer than this many
+        seconds logs a WARNING with its name, its duration and the request's method and path;
+        when not given, the config file's ``slow-hook-seconds``, else no such warning. In nested
+        middleware, the outermost one's applies.
 
     Example::
 
@@ -83,6 +97,7 @@ class CleanupMiddleware:
         config: str | os.PathLike[str] | None = None,
         hooks: Sequence[Hook] | None = None,
         executor: Executor | None = None,
+        slow_hook_seconds: float | None = None,
     ) -> None:
         config_executor: Executor | None = None
         if config is None and hooks is None and not os.environ.get(CONFIG_ENV_VAR):
@@ -98,6 +113,8 @@ class CleanupMiddleware:
             config_executor = settings.executor
             if on_hook_error is None:
                 on_hook_error = settings.on_hook_error
+            if slow_hook_seconds is None:
+                slow_hook_seconds = settings.slow_hook_seconds
         if on_hook_error is None:
             on_hook_error = "log"
         if on_hook_error not in ("log", "raise"):
@@ -118,13 +135,21 @@ class CleanupMiddleware:
                     "Executor object, such as ThreadPoolExecutor(max_workers=8) or DeferredPool()"
                 )
         self.executor = executor if executor is not None else config_executor
-        if self.executor is not None:
-            # Held by the class, not by each request's object: a request pays nothing for it.
-            cleanup_class = type(
-                cleanup_class.__name__,
-                (cleanup_class,),
-                {"__slots__": (), "executor": self.executor},
+        if slow_hook_seconds is not None and not _is_threshold(slow_hook_seconds):
+            raise ValueError(
+                f"CleanupMiddleware(slow_hook_seconds={slow_hook_seconds!r}): give a number of "
+                "seconds above 0, such as 0.5, or None (the default) for no slow-hook warning"
             )
+        self.slow_hook_seconds = slow_hook_seconds
+        # Held by the class, not by each request's object: a request pays nothing for them.
+        held: dict[str, object] = {}
+        if self.executor is not None:
+            held["executor"] = self.executor
+        if slow_hook_seconds is not None:
+            held["_own_observers"] = (*cleanup_class._own_observers, _SlowHooks(slow_hook_seconds))
+        if held:
+            held["__slots__"] = ()
+            cleanup_class = type(cleanup_class.__name__, (cleanup_class,), held)
         self._cleanup_class = cleanup_class
         # Whether each request's wsgi.file_wrapper is to be judged (files.needs_substitute):
         # until the server's is seen to need no substitute, as on gunicorn-like servers, whose
@@ -154,6 +179,8 @@ class CleanupMiddleware:
         cleanup = environ[ENVIRON_KEY] = cleanup_class()
         cleanup._environ = environ
         cleanup._hooks = []
+        if _cleanup._observing:
+            _entered(cleanup_class._observers, environ)
         substitute = None
         if self._judge_file_wrapper:
             substitute = self._substitute(environ)
@@ -213,6 +240,44 @@ class CleanupMiddleware:
         cleanup._body = body
         cleanup._close_body = close_body
         return cleanup
+
+
+class _SlowHooks(_Observer, _Watcher):
+    """A middleware's ``slow_hook_seconds``: a WARNING for each hook or deferred function over it.
+
+    The line names the function as a failing hook's line does, and the request by its method
+    and path, escaped (see :mod:`cleanup_middleware.reporting`).
+    """
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+
+    def watch(self, environ: WSGIEnvironment) -> _SlowHooks:
+        return self
+
+    def hook(
+        self, environ: WSGIEnvironment, hook: object, seconds: float, error: BaseException | None
+    ) -> None:
+        if seconds > self.limit:
+            self._warn("cleanup hook", hook, seconds, describe_request(environ))
+
+    def deferred(
+        self, work: object, request: str, waited: float, seconds: float, error: BaseException | None
+    ) -> None:
+        if seconds > self.limit:
+            self._warn("deferred function", work, seconds, request)
+
+    def _warn(self, what: str, fn: object, seconds: float, request: str) -> None:
+        logger.warning(
+            "%s %s took %.3f s for %s, over slow_hook_seconds=%g",
+            what,
+            hook_name(fn),
+            seconds,
+            request,
+            self.limit,
+        )
 
 
 def wrap(

@@ -32,6 +32,7 @@ __all__ = [
     "hook_name",
     "log_unpatchable",
     "logger",
+    "method_and_path",
     "not_callable",
     "not_wrapped",
     "printable",
@@ -78,11 +79,17 @@ def printable(value: object, limit: int) -> str:
 
 def describe_request(environ: WSGIEnvironment) -> str:
     """The request's method and path, for messages, escaped: never any other request data."""
+    method, path = method_and_path(environ)
+    return f"{method} {path}"
+
+
+def method_and_path(environ: WSGIEnvironment) -> tuple[str, str]:
+    """The request's method and path, each escaped and bounded as :func:`describe_request`'s."""
     script_name = environ.get("SCRIPT_NAME", "")
     path = environ.get("PATH_INFO", "")
     if isinstance(script_name, str) and isinstance(path, str):
         path = script_name + path
-    return f"{printable(environ.get('REQUEST_METHOD', '?'), 16)} {printable(path, 200)}"
+    return printable(environ.get("REQUEST_METHOD", "?"), 16), printable(path, 200)
 
 
 def hook_name(hook: object) -> str:

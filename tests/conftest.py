@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from cleanup_middleware import cleanup
@@ -21,3 +23,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the long load test (5,000 requests against gunicorn gthread); see `make soak`",
     )
+
+
+class Clock:
+    """A fake ``perf_counter``: hooks advance it to take as long as a test needs."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def takes(self, seconds: float) -> Callable[[], None]:
+        def hook() -> None:
+            self.now += seconds
+
+        hook.__qualname__ = f"takes_{seconds:g}s"
+        return hook
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(cleanup, "perf_counter", fake)
+    return fake

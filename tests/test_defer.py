@@ -9,6 +9,7 @@ the test decides that the work is still running when it stops the server.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import gc
 import logging
 import signal
@@ -125,6 +126,39 @@ def test_the_default_pool_runs_it_in_another_thread_while_close_has_returned() -
     release.set()
     assert finished.wait(WAIT)
     assert threads[0].startswith("cleanup-middleware-defer") and threads[0] != "MainThread"
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+def test_each_deferred_function_runs_in_a_copy_of_the_context_defer_was_called_in() -> None:
+    seen: list[str] = []
+    done = threading.Event()
+
+    def work(expected: str) -> None:
+        seen.append(REQUEST_ID.get())
+        REQUEST_ID.set("changed by the work")  # in its copy only
+        if len(seen) == 2:
+            done.set()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        REQUEST_ID.set(environ["PATH_INFO"])
+        defer(environ, work, environ["PATH_INFO"])
+        REQUEST_ID.set("changed after defer()")  # the copy was taken at defer()
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    pool = DeferredPool(max_workers=1)
+    try:
+        middleware = CleanupMiddleware(app, executor=pool)
+        context = contextvars.copy_context()
+        context.run(serve, middleware, create_environ("/first"))
+        context.run(serve, middleware, create_environ("/second"))
+        assert done.wait(WAIT)
+    finally:
+        pool.shutdown(wait=True)
+    assert seen == ["/first", "/second"]
+    assert REQUEST_ID.get() == "none"
 
 
 def test_nested_middleware_the_outer_one_owns_the_request_and_runs_it_once() -> None:

@@ -195,6 +195,21 @@ def test_a_sub_interpreter_keeps_its_own_add_cleanup_and_its_hooks_run() -> None
     assert output.splitlines() == ["None", main_module]
 
 
+def test_no_opentelemetry_unless_instrumented() -> None:
+    # Installed, and a middleware with a slow-hook threshold too: nothing of it is imported.
+    output = run_python(
+        f"""
+        import sys
+        from cleanup_middleware import CleanupMiddleware, add_cleanup, defer
+
+        CleanupMiddleware(lambda environ, start_response: [], slow_hook_seconds=1)
+        {ONE_REQUEST}
+        print(sorted(name for name in sys.modules if name.startswith("opentelemetry")))
+        """
+    )
+    assert output == "[]\n"
+
+
 def test_config_names_are_imported_on_first_use() -> None:
     output = run_python(
         """
@@ -228,6 +243,7 @@ def test_config_names_are_imported_on_first_use() -> None:
         ("cleanup_middleware.flask", ["flask", "werkzeug"], "flask"),
         ("cleanup_middleware.response", ["werkzeug"], "werkzeug"),
         ("cleanup_middleware.pyramid", ["pyramid"], "pyramid"),
+        ("cleanup_middleware.otel", ["opentelemetry"], "otel"),
     ],
 )
 def test_integration_without_its_framework_names_the_extra(
