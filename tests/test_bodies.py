@@ -8,6 +8,7 @@ would and checks what the server got back and what ran. The real servers are exe
 from __future__ import annotations
 
 import gc
+import itertools
 import io
 import wsgiref.util
 from collections.abc import Iterator
@@ -310,3 +311,62 @@ def test_app_raising_puts_the_servers_file_wrapper_back() -> None:
     with pytest.raises(LookupError):
         CleanupMiddleware(app)(environ, start_response)
     assert environ["wsgi.file_wrapper"] is CFileWrapper
+
+
+# -- text-mode bodies --------------------------------------------------------------------------
+
+
+class TextReader:
+    """A file-like object that reads ``str`` and cannot be iterated."""
+
+    def read(self, size: int = -1) -> str:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+TEXT_BODIES = {
+    "empty text file": lambda path: open(path.with_name("empty.txt"), encoding="utf-8"),
+    "text file": lambda path: open(path, encoding="utf-8"),
+    "empty StringIO": lambda path: io.StringIO(""),
+    "StringIO": lambda path: io.StringIO("one\ntwo\n"),
+    "str reader": lambda path: TextReader(),
+}
+
+
+def served_chunks(body: Any) -> list[Any] | str:
+    """The chunks a server iterates, at most 1000 (a body that never ends gives 1000), or the
+    iteration's error, with its message."""
+    try:
+        return list(itertools.islice(body, 1000))
+    except TypeError as exc:
+        return f"TypeError: {exc}"
+
+
+@pytest.mark.parametrize("make_body", TEXT_BODIES.values(), ids=TEXT_BODIES)
+@pytest.mark.parametrize("file_wrapper", [None, GunicornFileWrapper])
+def test_a_text_file_body_never_loops_and_its_hooks_run(
+    make_body: Any, file_wrapper: Any, tmp_path: Any
+) -> None:
+    # An open file returned whole is served in blocks that end at the first b"" read; a text
+    # file reads "" at its end, so the server got "" for ever (waitress skips empty chunks:
+    # one thread at 100% CPU). The server must get what it gets from the bare application.
+    path = tmp_path / "page.txt"
+    path.write_text("line 1\nline 2\n", encoding="utf-8")
+    path.with_name("empty.txt").write_text("", encoding="utf-8")
+    events: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, events.append, "hook")
+        start_response("200 OK", [])
+        return make_body(path)
+
+    bare = make_body(path)
+    expected = served_chunks(bare)
+    bare.close()
+    environ = make_environ(**({"wsgi.file_wrapper": file_wrapper} if file_wrapper else {}))
+    body = CleanupMiddleware(app)(environ, start_response)
+    assert served_chunks(body) == expected
+    body.close()
+    assert events == ["hook"]
