@@ -26,9 +26,13 @@ file must be gone. Routes (``/fault/NAME``):
 ``close_raises`` an iterable whose ``close()`` records ``body_close`` and raises
 ``hook_raises``  one of the hooks raises ``RuntimeError`` after recording that it ran
 ``status_204``   ``204 No Content`` with an empty list body
+``held_file``    ``file``, plus a hook ``hold`` that records ``held``, then waits until
+                 ``/release?token=T`` (or :data:`HOLD_SECONDS`) and records whether released
 ===============  ===========================================================================
 
-``/ping`` answers ``pong`` without any hooks: the "server still answers" check. ``/gc`` runs the
+Every ``ran`` record says whether the hook ran on the main thread (``main_thread``): waitress
+runs its I/O loop there. ``/ping`` answers ``pong`` without any hooks: the "server still
+answers" check. ``/gc`` runs the
 garbage collector in the server, to let the GC safety net run the hooks of a response that the
 server never closed; such hooks say so in their records (``abandoned``: the ResourceWarning's
 text). Outside the
@@ -72,7 +76,12 @@ BEHAVIOURS = (
     "close_raises",
     "hook_raises",
     "status_204",
+    "held_file",
 )
+#: How long the ``hold`` hook of ``held_file`` waits for its ``/release`` at most.
+HOLD_SECONDS = 10.0
+# The hold hooks' events, by token.
+_releases: dict[str, threading.Event] = {}
 
 
 # The GC safety net warns, then runs the hooks in the same thread: the warning's text is kept here
@@ -128,23 +137,33 @@ class Witness:
         tb: TracebackType | None,
     ) -> None:
         failure = exc_type.__name__ if exc_type else None
-        record("ran", token=self.token, via="witness", failure=failure, abandoned=_abandoned())
+        _ran(self.token, "witness", failure=failure)
         _thread.abandoned = None  # the witness runs last
 
 
+def _ran(token: str, via: str, **fields: Any) -> None:
+    main_thread = threading.current_thread() is threading.main_thread()
+    record("ran", token=token, via=via, abandoned=_abandoned(), main_thread=main_thread, **fields)
+
+
 def _note(token: str, via: str) -> None:
-    record("ran", token=token, via=via, abandoned=_abandoned())
+    _ran(token, via)
 
 
 def _delete(token: str, path: str) -> None:
-    existed = os.path.exists(path)
-    record("ran", token=token, via="delete", existed=existed, abandoned=_abandoned())
+    _ran(token, "delete", existed=os.path.exists(path))
     os.unlink(path)
 
 
 def _raise(token: str) -> None:
-    record("ran", token=token, via="raiser", abandoned=_abandoned())
+    _ran(token, "raiser")
     raise RuntimeError(f"a cleanup hook failed on purpose ({token})")
+
+
+def _hold(token: str) -> None:
+    record("held", token=token)
+    released = _releases.setdefault(token, threading.Event()).wait(HOLD_SECONDS)
+    _ran(token, "hold", released=released)
 
 
 def register(
@@ -204,6 +223,11 @@ def fault_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterab
     if path == "/ping":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
         return [b"pong"]
+    if path == "/release":
+        token = parse_qs(environ.get("QUERY_STRING", ""))["token"][0]
+        _releases.setdefault(token, threading.Event()).set()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "0")])
+        return []
     if path == "/gc":
         found = str(gc.collect()).encode()
         start_response(
@@ -222,7 +246,7 @@ def fault_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterab
     record("registered", token=token, via="witness")
     octets = [("Content-Type", "application/octet-stream")]
 
-    if behaviour == "file":
+    if behaviour in ("file", "held_file"):
         file_path = make_file(token, size)
         response = send_file(
             file_path, environ, mimetype="application/octet-stream", response_class=CleanupResponse
@@ -230,7 +254,10 @@ def fault_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterab
         # What a Werkzeug or Flask user writes; the mixin hands Response.close to the middleware.
         response.call_on_close(lambda: _delete(token, file_path))
         record("registered", token=token, via="delete")
-        return response(environ, start_response)
+        body = response(environ, start_response)  # registers response.close: delete
+        if behaviour == "held_file":
+            register(environ, token, "hold", _hold, token)
+        return body
 
     # Every other route makes a small scratch file that a hook must delete.
     register(environ, token, "delete", _delete, token, make_file(token, 16))
