@@ -103,6 +103,8 @@ BEHAVIOURS = {
 RESULTS: dict[tuple[str, str, str], str] = {}
 # The type of the send_file body each server got back from the middleware.
 FILE_BODIES: dict[str, str] = {}
+# What the client saw of each str body, bare and through the middleware alike: (server, case).
+TEXT_RESULTS: dict[tuple[str, str], str] = {}
 
 
 class Site(serverkit.Site):
@@ -155,19 +157,25 @@ def site(
 def _summary() -> Iterator[None]:
     yield
     target = os.environ.get("FAULT_MATRIX_SUMMARY")
-    if target and RESULTS:
-        Path(target).write_text(summary_table(RESULTS, FILE_BODIES))
+    if target and (RESULTS or TEXT_RESULTS):
+        Path(target).write_text(summary_table(RESULTS, FILE_BODIES, TEXT_RESULTS))
 
 
-def summary_table(results: dict[tuple[str, str, str], str], file_bodies: dict[str, str]) -> str:
+def summary_table(
+    results: dict[tuple[str, str, str], str],
+    file_bodies: dict[str, str],
+    text_results: dict[tuple[str, str], str],
+) -> str:
     """A Markdown table: a row per application behaviour, a column per server.
 
     A cell holds the HTTP status each client saw (reads all / leaves before the body / leaves
     mid-body; ``-`` for none), ``gc`` where the hooks were run by the GC safety net because the
-    server never called ``close()``, and ``FAIL`` for a failed case. The last row names the type
-    of the ``send_file`` body the server was handed.
+    server never called ``close()``, and ``FAIL`` for a failed case. Then a row per ``str``
+    body: the status, body bytes and whether the response was cut short, the same with and
+    without the middleware. The last row names the type of the ``send_file`` body the server
+    was handed.
     """
-    servers = [s for s in SERVER_KINDS if any(k[0] == s for k in results)]
+    servers = [s for s in SERVER_KINDS if any(k[0] == s for k in (*results, *text_results))]
     lines = [
         "| app behaviour | " + " | ".join(servers) + " |",
         "| --- | " + " | ".join("---" for _ in servers) + " |",
@@ -178,6 +186,9 @@ def summary_table(results: dict[tuple[str, str, str], str], file_bodies: dict[st
             seen = [results.get((server, behaviour, client), "-") for client in CLIENTS]
             cells.append(" / ".join(seen))
         lines.append(f"| {behaviour} | " + " | ".join(cells) + " |")
+    for case in TEXT_CASES:
+        cells = [text_results.get((server, case), "-") for server in servers]
+        lines.append(f"| str body: {case} | " + " | ".join(cells) + " |")
     kinds = [f"`{file_bodies.get(server, '?')}`" for server in servers]
     lines.append("| *send_file body handed to the server* | " + " | ".join(kinds) + " |")
     return "\n".join(lines) + "\n"
@@ -325,3 +336,38 @@ def test_a_slow_file_hook_holds_up_no_other_request(site: Site) -> None:
     [hold] = [r for r in records if r["event"] == "ran" and r["via"] == "hold"]
     assert hold["released"] is True
     _check_lost_client(records, site.name)
+
+
+# fault_app.TEXT_BODIES: bodies that yield str.
+TEXT_CASES = (
+    "empty_text_file",
+    "text_file",
+    "empty_stringio",
+    "stringio",
+    "text_file_wrapper",
+    "str_list",
+    "str_generator",
+)
+
+
+@pytest.mark.parametrize("case", TEXT_CASES)
+def test_a_text_body_never_loops_and_gets_what_the_bare_application_gets(
+    site: Site, case: str
+) -> None:
+    # An open file returned whole was read in blocks until one was b"", which a text file never
+    # reads: waitress and cheroot served an empty text file by spinning for ever, and its hooks
+    # never ran. Whatever a server makes of a str body, it must make the same of it through the
+    # middleware, and the hooks must run.
+    port = site.server.port
+    bare = request(port, f"/bare/text?case={case}")
+    token = uuid.uuid4().hex[:16]
+    ours = request(port, f"/fault/text?case={case}&token={token}")
+    seen = (ours.status, ours.body, ours.complete)
+    assert seen == (bare.status, bare.body, bare.complete), site.server.describe()
+    records = site.wait_done(token)
+    _check_records(records, Behaviour("text"), "text")
+    ping = request(port, "/ping")
+    assert (ping.status, ping.body) == (200, b"pong"), site.server.describe()
+    TEXT_RESULTS[(site.name, case)] = f"{ours.status or '-'}, {len(ours.body)} B" + (
+        "" if ours.complete else ", cut"
+    )

@@ -28,6 +28,8 @@ file must be gone. Routes (``/fault/NAME``):
 ``status_204``   ``204 No Content`` with an empty list body
 ``held_file``    ``file``, plus a hook ``hold`` that records ``held``, then waits until
                  ``/release?token=T`` (or :data:`HOLD_SECONDS`) and records whether released
+``text``         a body that yields ``str``: ``case`` in the query string names one of
+                 :data:`TEXT_BODIES`; ``/bare/CASE`` answers the same outside the middleware
 ===============  ===========================================================================
 
 Every ``ran`` record says whether the hook ran on the main thread (``main_thread``): waitress
@@ -43,6 +45,7 @@ gets, to show that a file body is still the server's own file wrapper.
 from __future__ import annotations
 
 import gc
+import io
 import os
 import tempfile
 import threading
@@ -52,7 +55,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from serverkit import record
+from serverkit import RECORD_DIR_ENV, record
 from werkzeug.utils import send_file
 
 from cleanup_middleware import CleanupMiddleware, add_cleanup, enter_context
@@ -77,6 +80,7 @@ BEHAVIOURS = (
     "hook_raises",
     "status_204",
     "held_file",
+    "text",
 )
 #: How long the ``hold`` hook of ``held_file`` waits for its ``/release`` at most.
 HOLD_SECONDS = 10.0
@@ -164,6 +168,41 @@ def _hold(token: str) -> None:
     record("held", token=token)
     released = _releases.setdefault(token, threading.Event()).wait(HOLD_SECONDS)
     _ran(token, "hold", released=released)
+
+
+def _text_file(environ: WSGIEnvironment, text: str) -> Any:
+    """A file of ``text`` (in the record directory, not left among the scratch files), opened in
+    text mode."""
+    path = os.path.join(os.environ[RECORD_DIR_ENV], f"text-{len(text)}.txt")
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text)
+    return open(path, encoding="utf-8")  # the server closes it
+
+
+def _text_file_wrapper(environ: WSGIEnvironment) -> Any:
+    """A text file, given to the server's file wrapper where it has one."""
+    file = _text_file(environ, "line 1\nline 2\n")
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    return file if file_wrapper is None else file_wrapper(file)
+
+
+#: The bodies that yield ``str`` (route ``text``), by ``case``.
+TEXT_BODIES: dict[str, Callable[[WSGIEnvironment], Any]] = {
+    "empty_text_file": lambda environ: _text_file(environ, ""),
+    "text_file": lambda environ: _text_file(environ, "line 1\nline 2\n"),
+    "empty_stringio": lambda environ: io.StringIO(""),
+    "stringio": lambda environ: io.StringIO("line 1\nline 2\n"),
+    "text_file_wrapper": _text_file_wrapper,
+    "str_list": lambda environ: ["line 1\n", "line 2\n"],
+    "str_generator": lambda environ: (line for line in ("line 1\n", "line 2\n")),
+}
+
+
+def text_body(environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+    """The ``str`` body that ``case`` names, as ``200 OK`` without a Content-Length."""
+    case = parse_qs(environ.get("QUERY_STRING", ""))["case"][0]
+    start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+    return TEXT_BODIES[case](environ)
 
 
 def register(
@@ -263,6 +302,8 @@ def fault_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterab
     register(environ, token, "delete", _delete, token, make_file(token, 16))
     register(environ, token, "first", _note, token, "first")
 
+    if behaviour == "text":
+        return text_body(environ, start_response)  # type: ignore[no-any-return]
     if behaviour == "raise_before":
         raise AppFailure(f"the application failed on purpose ({token})")
     if behaviour == "hook_raises":
@@ -294,6 +335,8 @@ _wrapped = CleanupMiddleware(fault_app)
 
 def application(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     """The app in the middleware, plus a ``returned`` record of what the server gets back."""
+    if environ.get("PATH_INFO") == "/bare/text":
+        return text_body(environ, start_response)  # type: ignore[no-any-return]
     body = _wrapped(environ, start_response)
     token = parse_qs(environ.get("QUERY_STRING", "")).get("token")
     if token:
