@@ -14,12 +14,20 @@ the cleanup. The server still finds a file descriptor to ``sendfile()`` from.
 
 A file-like body that the server would iterate (an open file returned whole, where the server
 has no file wrapper or does not recognise it) is iterated in bounded blocks, not by lines: a
-binary file can be one long line.
+binary file can be one long line. A text file is iterated as the server would without the
+middleware: blocks of it would end on ``b""``, which it never reads.
+
+waitress sends a file body from its one I/O thread, an asyncore loop, and closes it there when
+the file is sent or the client has gone: while a hook ran there, no other connection was served.
+:class:`OffLoopClose` closes the body there at once and hands the hooks to waitress's task
+threads, where the hooks of its other responses run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from types import MethodType
@@ -30,9 +38,12 @@ from .reporting import log_unpatchable
 
 __all__ = [
     "FILE_WRAPPER_KEY",
+    "WAITRESS_CHANNEL_KEY",
     "ClosingFile",
     "FileWrapperSubstitute",
+    "OffLoopClose",
     "RestoringClose",
+    "close_off_loop",
     "needs_substitute",
     "serve_app_file",
 ]
@@ -40,6 +51,9 @@ __all__ = [
 FILE_WRAPPER_KEY = "wsgi.file_wrapper"
 #: How much of a wrapped file body is read at a time: few reads, little memory held.
 BLOCK_SIZE = 64 * 1024
+#: waitress's environ key for a method of the request's connection, whose server holds the task
+#: dispatcher that runs requests on waitress's task threads.
+WAITRESS_CHANNEL_KEY = "waitress.client_disconnected"
 
 # Each server's wsgi.file_wrapper, once seen: does it need the substitute?
 _verdicts: dict[object, bool] = {}
@@ -131,6 +145,74 @@ class FileWrapperSubstitute:
         return self.made  # type: ignore[return-value]
 
 
+class OffLoopClose:
+    """The ``close()`` of a file body that waitress may close on its I/O thread.
+
+    Called on the thread that ran the application (a task thread, when waitress sent the whole
+    file at once), it is the response's :meth:`~ResponseCleanup.close`. Called on another (the
+    I/O thread), it closes the body there at once and hands the rest of that ``close()`` to
+    waitress's task dispatcher, which runs it on a task thread, or, when waitress stops with it
+    still queued, in the thread that stops waitress. So the hooks run once each, in the same
+    order, told the same outcome: the exception the I/O thread was handling (a client that reset
+    the connection) is recorded as the request's failure, unless the body's own ``close()``
+    raised, which is recorded first, as ``close()`` does, and raised there, to waitress.
+
+    :param cleanup: the response's cleanup.
+    :param dispatcher: waitress's task dispatcher (``add_task(task)``, which calls ``service()``
+        on a task thread, and ``cancel()`` on tasks still queued when waitress stops).
+
+    Example::
+
+        body.close = OffLoopClose(cleanup, dispatcher)  # on the thread running the application
+    """
+
+    __slots__ = ("cleanup", "dispatcher", "thread")
+
+    def __init__(self, cleanup: ResponseCleanup, dispatcher: Any) -> None:
+        self.cleanup = cleanup
+        self.dispatcher = dispatcher
+        self.thread = threading.get_ident()
+
+    def __call__(self) -> None:
+        if threading.get_ident() == self.thread:
+            self.cleanup.close()
+            return
+        cleanup = self.cleanup
+        dispatcher, self.dispatcher = self.dispatcher, None
+        if dispatcher is None or cleanup._environ is None:
+            return  # handed off, or closed, already
+        # What this thread is handling: told to context managers unless the body's own close()
+        # fails, as in close(), which the task thread finds without a body to close.
+        failure = sys.exc_info()[1]
+        close_body, cleanup._close_body = cleanup._close_body, None
+        try:
+            if close_body is not None:
+                close_body()
+        except BaseException as exc:
+            cleanup.record_failure(exc)
+            raise
+        finally:
+            if failure is not None:
+                cleanup.record_failure(failure)  # kept only if nothing was recorded before
+            dispatcher.add_task(self)
+
+    def service(self) -> None:
+        """Run the hooks; their failures are logged by :meth:`ResponseCleanup.close`."""
+        with contextlib.suppress(Exception):
+            self.cleanup.close()
+
+    cancel = service
+
+
+def close_off_loop(cleanup: ResponseCleanup, body: object, environ: dict[str, Any]) -> None:
+    """On waitress, point the adopted file ``body``'s ``close`` at an :class:`OffLoopClose`."""
+    try:
+        dispatcher = environ[WAITRESS_CHANNEL_KEY].__self__.server.task_dispatcher
+    except AttributeError:
+        return  # not the waitress this was written for: hooks run where the body is closed
+    body.close = OffLoopClose(cleanup, dispatcher)  # type: ignore[attr-defined]
+
+
 class RestoringClose:
     """The body's own ``close()``, called by the response's ``close()`` before the hooks.
 
@@ -195,8 +277,17 @@ def _wrap(
     cleanup: ResponseCleanup, body: Any, close_body: Callable[[], object] | None
 ) -> ResponseCleanup:
     """Serve ``body`` through ``cleanup``, closed with ``close_body`` (none if ``None``)."""
-    # Iterating a file yields lines, and a binary file can be one long line: read blocks, by C
-    # code (nothing of ours runs per block).
-    cleanup._body = iter(partial(body.read, BLOCK_SIZE), b"")
+    try:
+        binary = isinstance(body.read(0), bytes)
+    except Exception:  # a closed file, say: the server meets the error as it would without us
+        binary = False
+    if binary:
+        # Iterating a file yields lines, and a binary file can be one long line: read blocks,
+        # by C code (nothing of ours runs per block).
+        cleanup._body = iter(partial(body.read, BLOCK_SIZE), b"")
+    else:
+        # A text file (open() without "b", io.StringIO) reads "" at its end, never b"": its
+        # blocks would never end. The server iterates it as it would without the middleware.
+        cleanup._body = body
     cleanup._close_body = close_body
     return cleanup

@@ -24,7 +24,14 @@ from .cleanup import (
     _Observer,
     _Watcher,
 )
-from .files import FILE_WRAPPER_KEY, FileWrapperSubstitute, needs_substitute, serve_app_file
+from .files import (
+    FILE_WRAPPER_KEY,
+    WAITRESS_CHANNEL_KEY,
+    FileWrapperSubstitute,
+    close_off_loop,
+    needs_substitute,
+    serve_app_file,
+)
 from .reporting import describe_request, hook_name, logger
 
 if TYPE_CHECKING:
@@ -218,6 +225,9 @@ class CleanupMiddleware:
                     and isinstance(body, file_wrapper)
                 ):
                     if cleanup.adopt_file_body(body, close_body):
+                        if WAITRESS_CHANNEL_KEY in environ:
+                            # waitress closes file bodies on its I/O thread.
+                            close_off_loop(cleanup, body, environ)
                         return body
                     # A wrapper whose objects refuse a new close, on a server this middleware
                     # took for another (a test calling the application, say): judge the next

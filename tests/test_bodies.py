@@ -7,8 +7,12 @@ would and checks what the server got back and what ran. The real servers are exe
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
+import itertools
+import threading
+import types
 import wsgiref.util
 from collections.abc import Iterator
 from typing import Any
@@ -16,8 +20,10 @@ from typing import Any
 import pytest
 from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
 from test_semantics import make_environ, start_response
+from waitress.buffers import ReadOnlyFileBasedBuffer
+from waitress.task import ThreadedTaskDispatcher
 
-from cleanup_middleware import CleanupMiddleware, add_cleanup
+from cleanup_middleware import CleanupMiddleware, add_cleanup, enter_context
 
 
 class CachedAsset:
@@ -310,3 +316,198 @@ def test_app_raising_puts_the_servers_file_wrapper_back() -> None:
     with pytest.raises(LookupError):
         CleanupMiddleware(app)(environ, start_response)
     assert environ["wsgi.file_wrapper"] is CFileWrapper
+
+
+# -- text-mode bodies --------------------------------------------------------------------------
+
+
+class TextReader:
+    """A file-like object that reads ``str`` and cannot be iterated."""
+
+    def read(self, size: int = -1) -> str:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+TEXT_BODIES = {
+    "empty text file": lambda path: open(path.with_name("empty.txt"), encoding="utf-8"),
+    "text file": lambda path: open(path, encoding="utf-8"),
+    "empty StringIO": lambda path: io.StringIO(""),
+    "StringIO": lambda path: io.StringIO("one\ntwo\n"),
+    "str reader": lambda path: TextReader(),
+}
+
+
+def served_chunks(body: Any) -> list[Any] | str:
+    """The chunks a server iterates, at most 1000 (a body that never ends gives 1000), or the
+    iteration's error, with its message."""
+    try:
+        return list(itertools.islice(body, 1000))
+    except TypeError as exc:
+        return f"TypeError: {exc}"
+
+
+@pytest.mark.parametrize("make_body", TEXT_BODIES.values(), ids=TEXT_BODIES)
+@pytest.mark.parametrize("file_wrapper", [None, GunicornFileWrapper])
+def test_a_text_file_body_never_loops_and_its_hooks_run(
+    make_body: Any, file_wrapper: Any, tmp_path: Any
+) -> None:
+    # An open file returned whole is served in blocks that end at the first b"" read; a text
+    # file reads "" at its end, so the server got "" for ever (waitress skips empty chunks:
+    # one thread at 100% CPU). The server must get what it gets from the bare application.
+    path = tmp_path / "page.txt"
+    path.write_text("line 1\nline 2\n", encoding="utf-8")
+    path.with_name("empty.txt").write_text("", encoding="utf-8")
+    events: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, events.append, "hook")
+        start_response("200 OK", [])
+        return make_body(path)
+
+    bare = make_body(path)
+    expected = served_chunks(bare)
+    bare.close()
+    environ = make_environ(**({"wsgi.file_wrapper": file_wrapper} if file_wrapper else {}))
+    body = CleanupMiddleware(app)(environ, start_response)
+    assert served_chunks(body) == expected
+    body.close()
+    assert events == ["hook"]
+
+
+# -- waitress closes file bodies on its I/O thread ---------------------------------------------
+
+
+class WaitressChannel:
+    """What ``environ["waitress.client_disconnected"]`` is a method of: a connection, whose
+    server holds the task dispatcher (here a real one)."""
+
+    def __init__(self, dispatcher: ThreadedTaskDispatcher) -> None:
+        self.server = types.SimpleNamespace(task_dispatcher=dispatcher)
+
+    def check_client_disconnected(self) -> None:
+        pass
+
+
+class FailingBytesIO(io.BytesIO):
+    def close(self) -> None:
+        super().close()
+        raise OSError("the file's close() failed on purpose")
+
+
+def waitress_request(
+    dispatcher: ThreadedTaskDispatcher,
+    events: list[str],
+    done: threading.Event,
+    data_class: type[io.BytesIO] = io.BytesIO,
+) -> tuple[Any, io.BytesIO]:
+    """A file response made on this thread (waitress's task thread): two hooks and a witness."""
+    data = data_class(b"file")
+
+    @contextlib.contextmanager
+    def witness() -> Iterator[None]:
+        try:
+            yield
+        except BaseException as exc:
+            events.append(f"witness told {type(exc).__name__}")
+            raise
+        finally:
+            events.append(f"witness on {threading.current_thread().name}")
+            done.set()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        enter_context(environ, witness())
+        add_cleanup(environ, lambda: events.append(f"first, file closed: {data.closed}"))
+        add_cleanup(environ, events.append, "second")
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](data)
+
+    environ = make_environ(
+        **{
+            "wsgi.file_wrapper": ReadOnlyFileBasedBuffer,
+            "waitress.client_disconnected": WaitressChannel(dispatcher).check_client_disconnected,
+        }
+    )
+    body = CleanupMiddleware(app)(environ, start_response)
+    assert type(body) is ReadOnlyFileBasedBuffer, "waitress must get its own buffer back"
+    return body, data
+
+
+def close_on_io_thread(body: Any) -> list[str]:
+    """Close ``body`` twice on another thread, as waitress's I/O thread does when a client
+    reset the connection: inside the handler of the error. Returns what the closes raised."""
+    raised: list[str] = []
+
+    def io_thread() -> None:
+        try:
+            raise ConnectionResetError("the client went away")
+        except ConnectionResetError:
+            for _ in range(2):
+                try:
+                    body.close()
+                except Exception as exc:
+                    raised.append(str(exc))
+
+    thread = threading.Thread(target=io_thread, name="io-thread")
+    thread.start()
+    thread.join()
+    return raised
+
+
+@pytest.mark.parametrize(
+    ("data_class", "told", "raised"),
+    [
+        (io.BytesIO, "ConnectionResetError", []),
+        # The body's own close() fails: raised there, to waitress; context managers told of it.
+        (FailingBytesIO, "OSError", ["the file's close() failed on purpose"]),
+    ],
+)
+def test_waitress_runs_no_hook_on_its_io_thread(
+    data_class: type[io.BytesIO], told: str, raised: list[str]
+) -> None:
+    # waitress closes a file body on its I/O thread when it finished sending it: the hooks ran
+    # there, and no other connection was served meanwhile. The body is closed there at once;
+    # the hooks run once each on a task thread, in order, told what the I/O thread was handling.
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(1)
+    try:
+        events: list[str] = []
+        done = threading.Event()
+        body, data = waitress_request(dispatcher, events, done, data_class)
+        assert close_on_io_thread(body) == raised
+        assert data.closed, "the body must be closed on the I/O thread at once"
+        assert done.wait(10), f"the hooks did not run: {events}"
+        assert events == [
+            "second",
+            "first, file closed: True",
+            f"witness told {told}",
+            "witness on waitress-0",
+        ]
+    finally:
+        dispatcher.shutdown()
+
+
+def test_waitress_hooks_still_queued_when_it_stops_run_then() -> None:
+    dispatcher = ThreadedTaskDispatcher()  # no task thread: the hooks stay queued
+    events: list[str] = []
+    done = threading.Event()
+    body, _ = waitress_request(dispatcher, events, done)
+    close_on_io_thread(body)
+    assert events == []
+    dispatcher.shutdown()  # cancels what is queued
+    assert done.is_set()
+    assert events[-1] == f"witness on {threading.current_thread().name}"
+    assert len(events) == 4
+
+
+def test_waitress_file_body_closed_on_the_apps_thread_runs_its_hooks_there() -> None:
+    # A file small enough to go out at once is closed by the task thread itself.
+    dispatcher = ThreadedTaskDispatcher()
+    events: list[str] = []
+    done = threading.Event()
+    body, _ = waitress_request(dispatcher, events, done)
+    body.close()
+    assert done.is_set()
+    assert events[-1] == f"witness on {threading.current_thread().name}"

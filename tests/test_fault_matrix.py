@@ -13,7 +13,11 @@ request to ``tests/apps/fault_app.py`` under a real server and checks, from outs
   ``sendfile()`` stays possible) wherever the server has one;
 * what the witness was told when the client reset the connection in the middle of a large body:
   the server's error (one of :data:`serverkit.CLIENT_GONE`), or nothing on the servers that
-  close the body without one (:data:`SILENT_ON_LOST_CLIENT`, as ``docs/servers.md`` says).
+  close the body without one (:data:`SILENT_ON_LOST_CLIENT`, as ``docs/servers.md`` says);
+* on waitress, no hook ran on its I/O thread (the main thread, which runs its asyncore loop).
+
+Beside the matrix, on every server that serves requests side by side: a file response whose
+hook waits holds up no other request (:func:`test_a_slow_file_hook_holds_up_no_other_request`).
 
 One server per kind for the whole module (a module-scoped fixture, so pytest runs all cases of a
 server before starting the next); every application behaviour is a route of one app. uWSGI runs
@@ -37,10 +41,11 @@ import anyserver
 import pytest
 import serverkit
 from apps.fault_client import CLIENTS, Outcome, request
-from serverkit import CLIENT_GONE, RECORD_DIR_ENV
+from serverkit import CLIENT_GONE, RECORD_DIR_ENV, wait_for_records
 
 APP = "fault_app:application"
 TMP_DIR_ENV = "CLEANUP_TMP_DIR"  # fault_app.TMP_DIR_ENV
+HOLD_SECONDS = 10.0  # fault_app.HOLD_SECONDS: the longest its hook "hold" waits
 # Not meinheld: built against today's greenlet (its own pin does not build), meinheld 1.0.2
 # segfaults now and then on a client that goes away, with or without the middleware.
 # Nor mod_wsgi's embedded mode: daemon mode is mod_wsgi's default.
@@ -51,6 +56,9 @@ NO_FILE_WRAPPER = ("werkzeug", "cheroot")
 # The servers that call close() with no exception when the client went away: uWSGI clears it
 # first, bjoern and mod_wsgi never raise one (docs/servers.md, "A lost client").
 SILENT_ON_LOST_CLIENT = ("uwsgi", "bjoern", "mod_wsgi")
+# The servers (as the tests run them) whose one thread serves every request, hooks included:
+# there a hook that waits holds up the next request, by design.
+ONE_THREAD = ("gunicorn-sync", "wsgiref", "bjoern")
 # The behaviours whose body goes out unchanged and whole for as long as the client stays, so a
 # client that leaves meets the server writing it, and nothing else fails.
 STREAMED = ("list", "generator", "send_file", "range")
@@ -95,6 +103,8 @@ BEHAVIOURS = {
 RESULTS: dict[tuple[str, str, str], str] = {}
 # The type of the send_file body each server got back from the middleware.
 FILE_BODIES: dict[str, str] = {}
+# What the client saw of each str body, bare and through the middleware alike: (server, case).
+TEXT_RESULTS: dict[tuple[str, str], str] = {}
 
 
 class Site(serverkit.Site):
@@ -147,19 +157,25 @@ def site(
 def _summary() -> Iterator[None]:
     yield
     target = os.environ.get("FAULT_MATRIX_SUMMARY")
-    if target and RESULTS:
-        Path(target).write_text(summary_table(RESULTS, FILE_BODIES))
+    if target and (RESULTS or TEXT_RESULTS):
+        Path(target).write_text(summary_table(RESULTS, FILE_BODIES, TEXT_RESULTS))
 
 
-def summary_table(results: dict[tuple[str, str, str], str], file_bodies: dict[str, str]) -> str:
+def summary_table(
+    results: dict[tuple[str, str, str], str],
+    file_bodies: dict[str, str],
+    text_results: dict[tuple[str, str], str],
+) -> str:
     """A Markdown table: a row per application behaviour, a column per server.
 
     A cell holds the HTTP status each client saw (reads all / leaves before the body / leaves
     mid-body; ``-`` for none), ``gc`` where the hooks were run by the GC safety net because the
-    server never called ``close()``, and ``FAIL`` for a failed case. The last row names the type
-    of the ``send_file`` body the server was handed.
+    server never called ``close()``, and ``FAIL`` for a failed case. Then a row per ``str``
+    body: the status, body bytes and whether the response was cut short, the same with and
+    without the middleware. The last row names the type of the ``send_file`` body the server
+    was handed.
     """
-    servers = [s for s in SERVER_KINDS if any(k[0] == s for k in results)]
+    servers = [s for s in SERVER_KINDS if any(k[0] == s for k in (*results, *text_results))]
     lines = [
         "| app behaviour | " + " | ".join(servers) + " |",
         "| --- | " + " | ".join("---" for _ in servers) + " |",
@@ -170,6 +186,9 @@ def summary_table(results: dict[tuple[str, str, str], str], file_bodies: dict[st
             seen = [results.get((server, behaviour, client), "-") for client in CLIENTS]
             cells.append(" / ".join(seen))
         lines.append(f"| {behaviour} | " + " | ".join(cells) + " |")
+    for case in TEXT_CASES:
+        cells = [text_results.get((server, case), "-") for server in servers]
+        lines.append(f"| str body: {case} | " + " | ".join(cells) + " |")
     kinds = [f"`{file_bodies.get(server, '?')}`" for server in servers]
     lines.append("| *send_file body handed to the server* | " + " | ".join(kinds) + " |")
     return "\n".join(lines) + "\n"
@@ -238,6 +257,14 @@ def _check_records(records: list[dict[str, Any]], behaviour: Behaviour, name: st
         assert witness["failure"] == "AppFailure"
 
 
+def _check_io_thread(records: list[dict[str, Any]], server: str) -> None:
+    """waitress runs its I/O loop on the main thread, and closes file bodies there: no hook may
+    run there, or no other connection is served meanwhile."""
+    if server == "waitress":
+        on_io_thread = [r["via"] for r in records if r["event"] == "ran" and r["main_thread"]]
+        assert on_io_thread == [], f"hooks ran on waitress's I/O thread: {records}"
+
+
 def _check_lost_client(records: list[dict[str, Any]], server: str) -> None:
     """The witness of a streamed body whose client left was told so, where the server tells."""
     [witness] = [r for r in records if r["event"] == "ran" and r["via"] == "witness"]
@@ -262,6 +289,7 @@ def test_fault_matrix(site: Site, name: str, client: str) -> None:
     # Read again after the next request was served: a second run of any hook would be here.
     records = site.of(token)
     _check_records(records, behaviour, name)
+    _check_io_thread(records, site.name)
     abandoned = {r.get("abandoned") for r in records if r["event"] == "ran"}
     if abandoned != {None}:
         # The server never called close(); the GC safety net ran the hooks, with a warning
@@ -282,4 +310,64 @@ def test_fault_matrix(site: Site, name: str, client: str) -> None:
     assert site.server.alive(), site.server.describe()
     RESULTS[(site.name, name, client)] = str(outcome.status or "-") + (
         " gc" if abandoned != {None} else ""
+    )
+
+
+def test_a_slow_file_hook_holds_up_no_other_request(site: Site) -> None:
+    # waitress closed file bodies on its one I/O thread and ran their hooks there: a 1.5 s hook
+    # held every other connection for 1.5 s. The client resets the connection in the middle of
+    # a large file, so the server closes the body after the application returned (on waitress,
+    # in its I/O thread); the hook then waits until released, and /ping must be answered
+    # meanwhile. Without the fix, waitress answers /ping only after the hook stopped waiting.
+    if site.name in ONE_THREAD:
+        pytest.skip(f"{site.name} serves one request at a time here, hooks included")
+    token = uuid.uuid4().hex[:16]
+    port = site.server.port
+    request(port, f"/fault/held_file?token={token}&size={HUGE}", leave="leaves_mid_body")
+    wait_for_records(site.records, lambda _: bool(site.of(token, "held")), timeout=15)
+    # Longer than the hook can wait: a server that holds /ping behind it answers, late.
+    ping = request(port, "/ping", timeout=3 * HOLD_SECONDS)
+    assert (ping.status, ping.body) == (200, b"pong"), site.server.describe()
+    assert site.of(token, "ran") == [], "the hook stopped waiting before /ping was answered"
+    request(port, f"/release?token={token}")
+    records = site.wait_done(token)
+    _check_records(records, Behaviour("held_file"), "held_file")
+    _check_io_thread(records, site.name)
+    [hold] = [r for r in records if r["event"] == "ran" and r["via"] == "hold"]
+    assert hold["released"] is True
+    _check_lost_client(records, site.name)
+
+
+# fault_app.TEXT_BODIES: bodies that yield str.
+TEXT_CASES = (
+    "empty_text_file",
+    "text_file",
+    "empty_stringio",
+    "stringio",
+    "text_file_wrapper",
+    "str_list",
+    "str_generator",
+)
+
+
+@pytest.mark.parametrize("case", TEXT_CASES)
+def test_a_text_body_never_loops_and_gets_what_the_bare_application_gets(
+    site: Site, case: str
+) -> None:
+    # An open file returned whole was read in blocks until one was b"", which a text file never
+    # reads: waitress and cheroot served an empty text file by spinning for ever, and its hooks
+    # never ran. Whatever a server makes of a str body, it must make the same of it through the
+    # middleware, and the hooks must run.
+    port = site.server.port
+    bare = request(port, f"/bare/text?case={case}")
+    token = uuid.uuid4().hex[:16]
+    ours = request(port, f"/fault/text?case={case}&token={token}")
+    seen = (ours.status, ours.body, ours.complete)
+    assert seen == (bare.status, bare.body, bare.complete), site.server.describe()
+    records = site.wait_done(token)
+    _check_records(records, Behaviour("text"), "text")
+    ping = request(port, "/ping")
+    assert (ping.status, ping.body) == (200, b"pong"), site.server.describe()
+    TEXT_RESULTS[(site.name, case)] = f"{ours.status or '-'}, {len(ours.body)} B" + (
+        "" if ours.complete else ", cut"
     )

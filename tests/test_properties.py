@@ -6,6 +6,8 @@ after iteration, where something raises, how far the server reads, how often it 
 
 * each hook runs at most once, and exactly once whenever ``close()`` was called (by the server,
   or by the middleware itself when the application raised before returning);
+* the body ends: the server never gets more chunks than the application made, whatever they
+  are (bodies that yield ``str``, a text file returned whole, included);
 * hooks run last-registered-first (a hook registered by a hook runs right after it);
 * the body's own ``close()`` runs once, before any hook;
 * a registration after close is refused with ``RuntimeError``, never silently dropped;
@@ -41,8 +43,11 @@ from cleanup_middleware import ENVIRON_KEY, CleanupMiddleware, add_cleanup
 ACTIONS = ("ok", "ok", "ok", "error", "interrupt", "exit", "register", "reclose")
 # "c_file": a file wrapper whose objects refuse a new close (as mod_wsgi's and bjoern's C types
 # do), so the middleware stands in for it and hands it the file in a ClosingFile.
-BODY_KINDS = ("list", "generator", "iterable", "file", "c_file")
-FILE_KINDS = ("iterable", "file", "c_file")  # bodies with a close() of their own
+# "text_file": a file-like object that reads str, returned whole (as open(path) in text mode);
+# "str_generator": a generator of str. Both yield str chunks.
+BODY_KINDS = ("list", "generator", "iterable", "file", "c_file", "text_file", "str_generator")
+FILE_KINDS = ("iterable", "file", "c_file", "text_file")  # bodies with a close() of their own
+TEXT_KINDS = ("text_file", "str_generator")
 RACES = ("close sees no hooks", "before append", "after append")
 
 
@@ -143,7 +148,7 @@ class Run:
                 self.register(environ, action)
             if sc.raise_at == i:
                 raise IterError(i)
-            yield b"x%d" % i
+            yield f"x{i}" if sc.body in TEXT_KINDS else b"x%d" % i
 
     def close_body(self, environ: dict[str, Any], sc: Scenario) -> None:
         self.events.append(("body-close", 0))
@@ -171,6 +176,13 @@ class FileBody(Body):
         return b""
 
 
+class TextBody(Body):
+    """A text file returned whole: it reads str, "" at its end, and iterates as its lines."""
+
+    def read(self, size: int = -1) -> str:
+        return ""
+
+
 def make_app(run: Run, sc: Scenario) -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         for action in sc.before:
@@ -180,8 +192,10 @@ def make_app(run: Run, sc: Scenario) -> Any:
         start_response("200 OK", [("Content-Type", "text/plain")])
         if sc.body == "list":
             return [b"x%d" % i for i in range(sc.chunks)]
-        if sc.body == "generator":
+        if sc.body in ("generator", "str_generator"):
             return run.produce(environ, sc)
+        if sc.body == "text_file":
+            return TextBody(run, environ, sc)
         if sc.body == "iterable":
             return Body(run, environ, sc)
         if sc.body == "c_file":
@@ -324,12 +338,15 @@ def check_scenario(sc: Scenario) -> None:
             assert environ["wsgi.file_wrapper"] is server_wrapper
         # --- the server pulls `reads` chunks, swallowing iteration errors
         it = iter(body)
+        got = 0
         try:
             for _ in range(sc.reads):
                 next(it)
+                got += 1
         except (StopIteration, IterError):
             pass
         del it
+        assert got <= sc.chunks, "the body never ended"
         for action in sc.after:
             run.register(environ, action)
 

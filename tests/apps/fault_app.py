@@ -26,9 +26,15 @@ file must be gone. Routes (``/fault/NAME``):
 ``close_raises`` an iterable whose ``close()`` records ``body_close`` and raises
 ``hook_raises``  one of the hooks raises ``RuntimeError`` after recording that it ran
 ``status_204``   ``204 No Content`` with an empty list body
+``held_file``    ``file``, plus a hook ``hold`` that records ``held``, then waits until
+                 ``/release?token=T`` (or :data:`HOLD_SECONDS`) and records whether released
+``text``         a body that yields ``str``: ``case`` in the query string names one of
+                 :data:`TEXT_BODIES`; ``/bare/CASE`` answers the same outside the middleware
 ===============  ===========================================================================
 
-``/ping`` answers ``pong`` without any hooks: the "server still answers" check. ``/gc`` runs the
+Every ``ran`` record says whether the hook ran on the main thread (``main_thread``): waitress
+runs its I/O loop there. ``/ping`` answers ``pong`` without any hooks: the "server still
+answers" check. ``/gc`` runs the
 garbage collector in the server, to let the GC safety net run the hooks of a response that the
 server never closed; such hooks say so in their records (``abandoned``: the ResourceWarning's
 text). Outside the
@@ -39,6 +45,7 @@ gets, to show that a file body is still the server's own file wrapper.
 from __future__ import annotations
 
 import gc
+import io
 import os
 import tempfile
 import threading
@@ -48,7 +55,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from serverkit import record
+from serverkit import RECORD_DIR_ENV, record
 from werkzeug.utils import send_file
 
 from cleanup_middleware import CleanupMiddleware, add_cleanup, enter_context
@@ -72,7 +79,13 @@ BEHAVIOURS = (
     "close_raises",
     "hook_raises",
     "status_204",
+    "held_file",
+    "text",
 )
+#: How long the ``hold`` hook of ``held_file`` waits for its ``/release`` at most.
+HOLD_SECONDS = 10.0
+# The hold hooks' events, by token.
+_releases: dict[str, threading.Event] = {}
 
 
 # The GC safety net warns, then runs the hooks in the same thread: the warning's text is kept here
@@ -128,23 +141,68 @@ class Witness:
         tb: TracebackType | None,
     ) -> None:
         failure = exc_type.__name__ if exc_type else None
-        record("ran", token=self.token, via="witness", failure=failure, abandoned=_abandoned())
+        _ran(self.token, "witness", failure=failure)
         _thread.abandoned = None  # the witness runs last
 
 
+def _ran(token: str, via: str, **fields: Any) -> None:
+    main_thread = threading.current_thread() is threading.main_thread()
+    record("ran", token=token, via=via, abandoned=_abandoned(), main_thread=main_thread, **fields)
+
+
 def _note(token: str, via: str) -> None:
-    record("ran", token=token, via=via, abandoned=_abandoned())
+    _ran(token, via)
 
 
 def _delete(token: str, path: str) -> None:
-    existed = os.path.exists(path)
-    record("ran", token=token, via="delete", existed=existed, abandoned=_abandoned())
+    _ran(token, "delete", existed=os.path.exists(path))
     os.unlink(path)
 
 
 def _raise(token: str) -> None:
-    record("ran", token=token, via="raiser", abandoned=_abandoned())
+    _ran(token, "raiser")
     raise RuntimeError(f"a cleanup hook failed on purpose ({token})")
+
+
+def _hold(token: str) -> None:
+    record("held", token=token)
+    released = _releases.setdefault(token, threading.Event()).wait(HOLD_SECONDS)
+    _ran(token, "hold", released=released)
+
+
+def _text_file(environ: WSGIEnvironment, text: str) -> Any:
+    """A file of ``text`` (in the record directory, not left among the scratch files), opened in
+    text mode."""
+    path = os.path.join(os.environ[RECORD_DIR_ENV], f"text-{len(text)}.txt")
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text)
+    return open(path, encoding="utf-8")  # the server closes it
+
+
+def _text_file_wrapper(environ: WSGIEnvironment) -> Any:
+    """A text file, given to the server's file wrapper where it has one."""
+    file = _text_file(environ, "line 1\nline 2\n")
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    return file if file_wrapper is None else file_wrapper(file)
+
+
+#: The bodies that yield ``str`` (route ``text``), by ``case``.
+TEXT_BODIES: dict[str, Callable[[WSGIEnvironment], Any]] = {
+    "empty_text_file": lambda environ: _text_file(environ, ""),
+    "text_file": lambda environ: _text_file(environ, "line 1\nline 2\n"),
+    "empty_stringio": lambda environ: io.StringIO(""),
+    "stringio": lambda environ: io.StringIO("line 1\nline 2\n"),
+    "text_file_wrapper": _text_file_wrapper,
+    "str_list": lambda environ: ["line 1\n", "line 2\n"],
+    "str_generator": lambda environ: (line for line in ("line 1\n", "line 2\n")),
+}
+
+
+def text_body(environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+    """The ``str`` body that ``case`` names, as ``200 OK`` without a Content-Length."""
+    case = parse_qs(environ.get("QUERY_STRING", ""))["case"][0]
+    start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+    return TEXT_BODIES[case](environ)
 
 
 def register(
@@ -204,6 +262,11 @@ def fault_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterab
     if path == "/ping":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
         return [b"pong"]
+    if path == "/release":
+        token = parse_qs(environ.get("QUERY_STRING", ""))["token"][0]
+        _releases.setdefault(token, threading.Event()).set()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "0")])
+        return []
     if path == "/gc":
         found = str(gc.collect()).encode()
         start_response(
@@ -222,7 +285,7 @@ def fault_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterab
     record("registered", token=token, via="witness")
     octets = [("Content-Type", "application/octet-stream")]
 
-    if behaviour == "file":
+    if behaviour in ("file", "held_file"):
         file_path = make_file(token, size)
         response = send_file(
             file_path, environ, mimetype="application/octet-stream", response_class=CleanupResponse
@@ -230,12 +293,17 @@ def fault_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterab
         # What a Werkzeug or Flask user writes; the mixin hands Response.close to the middleware.
         response.call_on_close(lambda: _delete(token, file_path))
         record("registered", token=token, via="delete")
-        return response(environ, start_response)
+        body = response(environ, start_response)  # registers response.close: delete
+        if behaviour == "held_file":
+            register(environ, token, "hold", _hold, token)
+        return body
 
     # Every other route makes a small scratch file that a hook must delete.
     register(environ, token, "delete", _delete, token, make_file(token, 16))
     register(environ, token, "first", _note, token, "first")
 
+    if behaviour == "text":
+        return text_body(environ, start_response)  # type: ignore[no-any-return]
     if behaviour == "raise_before":
         raise AppFailure(f"the application failed on purpose ({token})")
     if behaviour == "hook_raises":
@@ -267,6 +335,8 @@ _wrapped = CleanupMiddleware(fault_app)
 
 def application(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     """The app in the middleware, plus a ``returned`` record of what the server gets back."""
+    if environ.get("PATH_INFO") == "/bare/text":
+        return text_body(environ, start_response)  # type: ignore[no-any-return]
     body = _wrapped(environ, start_response)
     token = parse_qs(environ.get("QUERY_STRING", "")).get("token")
     if token:
