@@ -17,6 +17,10 @@ created on first use and fork-safe. Its policies:
   an overloaded process needs. Logged as a warning at most once a minute.
 * **Refused work**: an executor that refuses work (one that was shut down) gets the same
   fallback, logged each time.
+* **Context**: each deferred function runs in a copy of the :mod:`contextvars` context of the
+  code that called :func:`defer`, as :func:`asyncio.to_thread` runs its function, whatever the
+  executor: it sees the request's context variables (structlog's bound variables, an
+  OpenTelemetry context), never another request's, and what it sets stays its own.
 * **Failures**: a deferred function that raises is logged on the ``cleanup_middleware``
   logger as a failing hook is (its name, the request's method and path), and goes no further.
 * **Graceful stop**: :func:`drain` waits for the work every :class:`DeferredPool` of the
@@ -33,6 +37,7 @@ once the response is closed.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import os
 import threading
 import time
@@ -83,17 +88,21 @@ _FULL_WARNING_INTERVAL = 60.0
 
 
 class _DeferredCall:
-    """One deferred function with its arguments, and the request it came from, for the log."""
+    """One deferred function with its arguments, the context it runs in, and the request it
+    came from, for the log."""
 
-    __slots__ = ("request", "work")
+    __slots__ = ("context", "request", "work")
 
-    def __init__(self, work: Callable[[], object], request: str) -> None:
+    def __init__(
+        self, work: Callable[[], object], context: contextvars.Context, request: str
+    ) -> None:
         self.work = work
+        self.context = context
         self.request = request  # method and path, escaped: never the environ itself
 
     def __call__(self) -> None:
         try:
-            self.work()
+            self.context.run(self.work)
         except Exception as exc:
             _log_failure(self, exc)
 
@@ -347,7 +356,9 @@ def defer(environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwa
     if not callable(fn):
         raise not_callable("defer", "to run after the response", fn)
     work = partial(fn, *args, **kwargs) if args or kwargs else fn
-    cleanup._register(_HandOff(cleanup, work, environ), "defer", last=True)
+    # The caller's context, as now: what the request bound before it deferred (O(1) to copy).
+    hand_off = _HandOff(cleanup, work, contextvars.copy_context(), environ)
+    cleanup._register(hand_off, "defer", last=True)
 
 
 class _HandOff(StandIn):
@@ -355,13 +366,18 @@ class _HandOff(StandIn):
     executor. Deferred functions sit at the bottom of the stack in the order deferred, so they
     are handed over in that order, after every hook."""
 
-    __slots__ = ("cleanup", "environ", "work")
+    __slots__ = ("cleanup", "context", "environ", "work")
 
     def __init__(
-        self, cleanup: ResponseCleanup, work: Callable[[], object], environ: WSGIEnvironment
+        self,
+        cleanup: ResponseCleanup,
+        work: Callable[[], object],
+        context: contextvars.Context,
+        environ: WSGIEnvironment,
     ) -> None:
         self.cleanup = cleanup
         self.work = work
+        self.context = context
         self.environ = environ  # for the log: method and path
 
     def __call__(self) -> None:
@@ -369,7 +385,7 @@ class _HandOff(StandIn):
         executor: Executor | None = getattr(self.cleanup, "executor", None)
         if executor is None:
             executor = default_executor()
-        work = _DeferredCall(self.work, request)
+        work = _DeferredCall(self.work, self.context, request)
         try:
             if isinstance(executor, DeferredPool):
                 if not executor._put(work):
@@ -397,8 +413,10 @@ class _DeferredHook:
     """A config hook declared ``defer = true``: called at close, it defers ``fn(environ)``.
 
     Deferred from the hook loop of ``close()``, it is handed off with the request's other
-    deferred functions once every hook ran. Equal for equal functions, so that nested
-    middleware with the same config register it once.
+    deferred functions once every hook ran. Its context is a copy of the one ``close()`` runs
+    in: the server thread's, which holds what the request bound where the server closes the
+    response in the thread that ran the application, as most do. Equal for equal functions, so
+    that nested middleware with the same config register it once.
     """
 
     __slots__ = ("fn",)

@@ -14,7 +14,8 @@ the cleanup. The server still finds a file descriptor to ``sendfile()`` from.
 
 A file-like body that the server would iterate (an open file returned whole, where the server
 has no file wrapper or does not recognise it) is iterated in bounded blocks, not by lines: a
-binary file can be one long line.
+binary file can be one long line. A text file is iterated as the server would without the
+middleware: blocks of it would end on ``b""``, which it never reads.
 """
 
 from __future__ import annotations
@@ -195,8 +196,17 @@ def _wrap(
     cleanup: ResponseCleanup, body: Any, close_body: Callable[[], object] | None
 ) -> ResponseCleanup:
     """Serve ``body`` through ``cleanup``, closed with ``close_body`` (none if ``None``)."""
-    # Iterating a file yields lines, and a binary file can be one long line: read blocks, by C
-    # code (nothing of ours runs per block).
-    cleanup._body = iter(partial(body.read, BLOCK_SIZE), b"")
+    try:
+        binary = isinstance(body.read(0), bytes)
+    except Exception:  # a closed file, say: the server meets the error as it would without us
+        binary = False
+    if binary:
+        # Iterating a file yields lines, and a binary file can be one long line: read blocks,
+        # by C code (nothing of ours runs per block).
+        cleanup._body = iter(partial(body.read, BLOCK_SIZE), b"")
+    else:
+        # A text file (open() without "b", io.StringIO) reads "" at its end, never b"": its
+        # blocks would never end. The server iterates it as it would without the middleware.
+        cleanup._body = body
     cleanup._close_body = close_body
     return cleanup

@@ -9,6 +9,7 @@ the test decides that the work is still running when it stops the server.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import gc
 import logging
 import signal
@@ -135,6 +136,48 @@ def test_nested_middleware_the_outer_one_owns_the_request_and_runs_it_once() -> 
     assert inner.given == [] and len(outer.given) == 1
     outer.run_all()
     assert ran == ["x"]
+
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("REQUEST_ID", default=None)
+
+
+@pytest.mark.parametrize("kind", ["default pool", "ThreadPoolExecutor", "inline", "config hook"])
+def test_each_deferred_function_runs_in_a_copy_of_its_request_s_context(kind: str) -> None:
+    """What /alice bound, /alice's deferred work sees; never /bob's, nor what another one set."""
+    seen: list[tuple[str | None, str]] = []
+    done = threading.Semaphore(0)
+
+    def deferred(label: str) -> None:
+        seen.append((REQUEST_ID.get(), label))
+        REQUEST_ID.set("set by a deferred function")  # must stay in its own copy
+        done.release()
+
+    def bind(environ: dict[str, Any]) -> None:
+        REQUEST_ID.set(environ["PATH_INFO"])
+
+    executor: Executor = {
+        "default pool": DeferredPool(max_workers=1),  # one thread runs both, one after the other
+        "ThreadPoolExecutor": ThreadPoolExecutor(max_workers=1),
+    }.get(kind, HandOver())
+    if kind == "config hook":  # defer() is called by the hook, at close
+        hooks = [Hook(call=lambda environ: deferred(f"{environ['PATH_INFO']} hook"), defer=True)]
+        app = CleanupMiddleware(deferring_app(bind), hooks=hooks, executor=executor)
+    else:
+        app = CleanupMiddleware(
+            deferring_app(bind, lambda environ: defer(environ, deferred, environ["PATH_INFO"])),
+            executor=executor,
+        )
+    for path in ("/alice", "/bob"):
+        # A server thread of its own for each request, as a fresh thread of a server has.
+        contextvars.copy_context().run(serve, app, create_environ(path))
+    if isinstance(executor, HandOver):
+        executor.run_all()  # here, in the test's own context
+    for _ in range(2):
+        assert done.acquire(timeout=WAIT)
+    executor.shutdown(wait=True)
+    suffix = " hook" if kind == "config hook" else ""
+    assert seen == [("/alice", f"/alice{suffix}"), ("/bob", f"/bob{suffix}")]
+    assert REQUEST_ID.get() is None
 
 
 def block_pool(pool: DeferredPool, release: threading.Event) -> threading.Event:
