@@ -408,7 +408,10 @@ def test_submit_returns_a_future_and_drain_logs_what_it_abandons() -> None:
         "abandoned 3",
         "refused cannot schedule new work after shutdown",
     ]
-    assert "INFO waiting up to 0.1 s for 3 deferred functions" in result.stderr
+    assert (
+        "WARNING waiting up to 0.1 s for 3 deferred functions still queued or running, lost if "
+        "the process is killed first: 2 x __main__.waiting, 1 x __main__.stuck"
+    ) in result.stderr
     assert (
         "WARNING abandoned 3 deferred functions still queued or running after 0.1 s: "
         "2 x __main__.waiting, 1 x __main__.stuck"
@@ -515,9 +518,9 @@ def child_exit(server, worker):
 """
 
 
-def gunicorn_config(tmp_path: Path, extra: str = "") -> Path:
+def gunicorn_config(tmp_path: Path, extra: str = "", hook: bool = True) -> Path:
     path = tmp_path / "gunicorn.conf.py"
-    path.write_text(HOOK_CONFIG + extra)
+    path.write_text((HOOK_CONFIG if hook else "") + extra)
     return path
 
 
@@ -540,12 +543,17 @@ def events_of(records: Path, token: str) -> list[str]:
 
 @contextlib.contextmanager
 def gunicorn(
-    name: str, tmp_path: Path, extra_config: str | None = "", app: str = "defer_app:application"
+    name: str,
+    tmp_path: Path,
+    extra_config: str | None = "",
+    app: str = "defer_app:application",
+    hook: bool = True,
 ) -> Iterator[tuple[Server, Path]]:
-    """Serve ``app``; with the worker_exit hook and ``extra_config``, unless that is None."""
+    """Serve ``app``; with ``extra_config`` (unless None) and, with ``hook``, the worker_exit
+    hook."""
     records = tmp_path / "records"
     records.mkdir()
-    config = gunicorn_config(tmp_path, extra_config) if extra_config is not None else None
+    config = gunicorn_config(tmp_path, extra_config, hook) if extra_config is not None else None
     with run_server(
         name, app, env={RECORD_DIR_ENV: str(records)}, gunicorn_config=config, log_dir=tmp_path
     ) as server:
@@ -593,9 +601,16 @@ def test_a_pool_used_in_the_master_works_in_preloaded_workers(tmp_path: Path) ->
     assert [r["pid"] for r in read_records(records) if r["event"] == "deferred-done"] == [pid]
 
 
-def test_work_still_running_at_the_limit_is_logged_by_name_and_count(tmp_path: Path) -> None:
+def check_pending_work_is_said_before_the_kill(
+    name: str, tmp_path: Path, hook: bool = False, extra_config: str = ""
+) -> None:
+    """Three deferred functions still running when gunicorn is told to stop, for good: the
+    worker says at WARNING that it waits for them and then that it abandons them, by name and
+    count, and exits before the arbiter kills it. With the worker_exit line in gunicorn's
+    config only with ``hook``."""
     tokens = [f"stuck-{uuid.uuid4().hex[:8]}" for _ in range(3)]
-    with gunicorn("gunicorn-sync", tmp_path, REAPED_RECORD) as (server, records):
+    app = "defer_app:default_pool_app"
+    with gunicorn(name, tmp_path, REAPED_RECORD + extra_config, app, hook) as (server, records):
         pid = defer_request(server, tokens[0])
         for token in tokens[1:]:
             defer_request(server, token)
@@ -603,10 +618,71 @@ def test_work_still_running_at_the_limit_is_logged_by_name_and_count(tmp_path: P
         # gunicorn's --graceful-timeout is 3 s here: the worker waits 2 s, logs, exits.
         wait_for_log(server, "abandoned 3 deferred functions")
         server.process.wait(WAIT)
-    assert "3 x defer_app.wait_for_go" in server.log()
+    log = server.log()
+    waiting = log.index("for 3 deferred functions still queued or running, lost if the process")
+    abandoned = log.index(
+        "abandoned 3 deferred functions still queued or running after 2.0 s: "
+        "3 x defer_app.wait_for_go"
+    )
+    assert waiting < abandoned, log
     # It exited on its own, before the arbiter's SIGKILL: the arbiter reaped it.
     assert [r["worker"] for r in read_records(records) if r["event"] == "worker-reaped"] == [pid]
     release(records, *tokens)
+
+
+@pytest.mark.parametrize(
+    ("hook", "extra_config"),
+    [(True, ""), (False, ""), (False, "preload_app = True\n")],
+    ids=["worker_exit line", "plain gunicorn", "plain gunicorn --preload"],
+)
+@pytest.mark.parametrize("name", SENDFILE_SERVERS)
+def test_work_still_running_at_the_limit_is_logged_by_name_and_count(
+    name: str, hook: bool, extra_config: str, tmp_path: Path
+) -> None:
+    """Without a line in a config file too: the worker finds its own graceful_timeout."""
+    check_pending_work_is_said_before_the_kill(name, tmp_path, hook, extra_config)
+
+
+@pytest.mark.parametrize("name", SENDFILE_SERVERS)
+def test_work_deferred_by_a_request_running_at_sigterm_is_said_before_the_kill(
+    name: str, tmp_path: Path
+) -> None:
+    """The worker's wait ends before the kill, counted from the stop, not from its last request.
+
+    ``cleanup-middleware serve --graceful-timeout 4``: a request still running when the worker
+    is told to stop defers two functions, which never finish.
+    """
+    records = tmp_path / "records"
+    records.mkdir()
+    token = f"late-{uuid.uuid4().hex[:8]}"
+    own_config = tmp_path / "own.gunicorn.conf.py"
+    own_config.write_text(REAPED_RECORD)
+    args = ["defer_app:default_pool_app", "--workers", "1", "--graceful-timeout", "4"]
+    args += ["--timeout", "30", "-c", str(own_config)]
+    if name == "gunicorn-gthread":
+        args += ["--worker-class", "gthread", "--threads", "4"]
+    with (
+        run_serve(args, {RECORD_DIR_ENV: str(records)}, tmp_path) as server,
+        ThreadPoolExecutor(max_workers=1) as client,
+    ):
+        response = client.submit(http_get, f"{server.url}/defer-late?token={token}")
+        wait_for_records(records, lambda rs: "request-started" in events_of(records, token))
+        server.process.send_signal(signal.SIGTERM)
+        wait_for_log(server, "Handling signal: term")
+        # Not a measurement: it makes the request end more than 1 s after the stop, which a
+        # wait of graceful_timeout less 1 s counted from the request's end would outlast.
+        time.sleep(1.5)
+        release(records, f"respond-{token}")
+        pid = int(response.result(WAIT).body)
+        server.process.wait(WAIT)
+    log = server.log()
+    assert "for 2 deferred functions still queued or running, lost if the process" in log
+    assert (
+        "abandoned 2 deferred functions still queued or running after 3.0 s: "
+        "2 x defer_app.wait_for_go"
+    ) in log
+    assert [r["worker"] for r in read_records(records) if r["event"] == "worker-reaped"] == [pid]
+    release(records, f"{token}-1", f"{token}-2")
 
 
 def test_max_requests_recycling_waits_for_the_last_request_s_work(tmp_path: Path) -> None:

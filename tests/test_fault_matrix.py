@@ -19,6 +19,10 @@ One server per kind for the whole module (a module-scoped fixture, so pytest run
 server before starting the next); every application behaviour is a route of one app. uWSGI runs
 where the ``pyuwsgi`` wheel is installed and is skipped with the reason otherwise.
 
+One more case stops the server: deferred work still running when a gunicorn worker (of every
+worker class) is told to stop must be said at WARNING, by name and count, in the server's own
+output before the arbiter's kill (``test_defer.check_pending_work_is_said_before_the_kill``).
+
 With ``FAULT_MATRIX_SUMMARY=path.md`` in the environment the module writes a summary table of
 what it saw there (``docs/reliability.md`` shows one).
 """
@@ -38,6 +42,7 @@ import pytest
 import serverkit
 from apps.fault_client import CLIENTS, Outcome, request
 from serverkit import CLIENT_GONE, RECORD_DIR_ENV
+from test_defer import check_pending_work_is_said_before_the_kill
 
 APP = "fault_app:application"
 TMP_DIR_ENV = "CLEANUP_TMP_DIR"  # fault_app.TMP_DIR_ENV
@@ -283,3 +288,15 @@ def test_fault_matrix(site: Site, name: str, client: str) -> None:
     RESULTS[(site.name, name, client)] = str(outcome.status or "-") + (
         " gc" if abandoned != {None} else ""
     )
+
+
+GUNICORN_KINDS = [name for name in SERVER_KINDS if name.startswith("gunicorn-")]
+
+
+@pytest.mark.parametrize("name", GUNICORN_KINDS)
+def test_shutdown_with_pending_deferred_work(name: str, tmp_path: Path) -> None:
+    """Deferred work still running at a stop is said at WARNING, by name and count, before the
+    arbiter's kill, under every gunicorn worker class, with no line in gunicorn's config."""
+    if missing := anyserver.missing(name):
+        pytest.skip(missing)
+    check_pending_work_is_said_before_the_kill(name, tmp_path)
