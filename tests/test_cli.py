@@ -129,7 +129,8 @@ def run_serve(
 
 
 def start_and_fail(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run a gunicorn command that must not start; return what it did (bounded)."""
+    """Run a command that must not start a server (a gunicorn that fails, or ``check``);
+    return what it did (bounded)."""
     return subprocess.run(
         command,
         cwd=cwd,
@@ -497,15 +498,7 @@ def app_folder(tmp_path: Path) -> Path:
 
 def run_check(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """The installed ``cleanup-middleware check ARGS``, run in ``cwd`` (bounded)."""
-    return subprocess.run(
-        [str(SCRIPT), "check", *args],
-        cwd=cwd,
-        env=serverkit.child_env({}),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return start_and_fail([str(SCRIPT), "check", *args], cwd)
 
 
 def test_check_imports_hooks_from_the_working_directory_as_gunicorn_does(tmp_path: Path) -> None:
