@@ -14,6 +14,9 @@ of code in the application:
       cleanup-middleware serve myapp:app --config cleanup.toml --workers 4
       cleanup-middleware check cleanup.toml     # in CI: exits non-zero on any mistake
 
+  ``check`` imports the hooks from where gunicorn would: the working directory first on the
+  path, and gunicorn's ``--chdir`` and ``--pythonpath`` options.
+
 * a PasteDeploy pipeline, with :mod:`cleanup_middleware.paste`.
 """
 
@@ -64,6 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "for which paths and methods, or the mistake (exit status 1).",
     )
     check.add_argument("file", nargs="?", metavar="FILE", help=f"default: ${ENV_VAR}")
+    # Where hook modules are imported from, as gunicorn sets it up before it loads the app.
+    check.add_argument(
+        "--chdir",
+        metavar="DIR",
+        help="change to DIR first, as gunicorn's --chdir (FILE is then relative to DIR)",
+    )
+    check.add_argument(
+        "--pythonpath",
+        metavar="DIRS",
+        help="comma-separated directories to import from, as gunicorn's --pythonpath",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
         _serve(rest, args.config)
@@ -73,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = args.file or os.environ.get(ENV_VAR)
     if not path:
         check.error(f"name the config file, or set ${ENV_VAR}")
+    if args.chdir is not None:
+        try:
+            os.chdir(args.chdir)
+        except OSError as exc:
+            check.error(f"--chdir {args.chdir}: {exc.strerror}; name an existing directory")
+    _import_paths(args.pythonpath)
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -108,6 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "context hooks are entered in this order before the application runs."
     )
     return 0
+
+
+def _import_paths(pythonpath: str | None) -> None:
+    """Put the working directory and ``pythonpath`` first on ``sys.path``, as gunicorn does.
+
+    Gunicorn imports the application, and so the hooks of its config, with its working
+    directory (``--chdir``) first on the path and each ``--pythonpath`` directory before that;
+    ``check`` must import the hooks from where the server will.
+    """
+    directories = [os.getcwd(), *(pythonpath.split(",") if pythonpath else ())]
+    for directory in map(os.path.abspath, directories):
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
 
 
 def _serve(gunicorn_args: list[str], config: str | None) -> None:

@@ -39,6 +39,7 @@ import difflib
 import importlib
 import inspect
 import os
+import pkgutil
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -564,8 +565,9 @@ def resolve(name: str, source: str, key: str) -> Any:
             raise ConfigError(
                 source,
                 key,
-                f"cannot import {module_name!r} ({exc}); check the name, and that the module "
-                f"can be imported from {os.getcwd()} or the PYTHONPATH",
+                f"cannot import {module_name!r} ({exc}){_module_like(exc.name)}; check the "
+                f"name, and that the module can be imported from {os.getcwd()} or the "
+                "PYTHONPATH",
             ) from exc
         # The module is there, but something it imports is not.
         raise ConfigError(
@@ -605,6 +607,22 @@ def resolve(name: str, source: str, key: str) -> Any:
     return obj
 
 
-def _did_you_mean(word: str, candidates: Sequence[str]) -> str:
+def _module_like(missing: str) -> str:
+    """A "did you mean" for the module ``missing``, among its package's or the top level's."""
+    package, _, leaf = missing.rpartition(".")
+    if package:
+        # Imported already: importing ``missing`` got that far.
+        path = getattr(sys.modules.get(package), "__path__", None)
+        if path is None:
+            return ""
+        names = [module.name for module in pkgutil.iter_modules(path)]
+        return _did_you_mean(leaf, names, f"{package}.")
+    # Those on sys.path, those imported (an editable install's finder hides its own), builtins.
+    names = [module.name for module in pkgutil.iter_modules()]
+    names += [name for name in sys.modules if "." not in name]
+    return _did_you_mean(leaf, [*names, *sys.builtin_module_names])
+
+
+def _did_you_mean(word: str, candidates: Sequence[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(word, candidates, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""

@@ -17,13 +17,20 @@ created on first use and fork-safe. Its policies:
   an overloaded process needs. Logged as a warning at most once a minute.
 * **Refused work**: an executor that refuses work (one that was shut down) gets the same
   fallback, logged each time.
+* **Context**: each deferred function runs in a copy of the :mod:`contextvars` context of the
+  code that called :func:`defer`, as :func:`asyncio.to_thread` runs its function, whatever the
+  executor: it sees the request's context variables (structlog's bound variables, an
+  OpenTelemetry context), never another request's, and what it sets stays its own.
 * **Failures**: a deferred function that raises is logged on the ``cleanup_middleware``
   logger as a failing hook is (its name, the request's method and path), and goes no further.
-* **Graceful stop**: :func:`drain` waits for the work every :class:`DeferredPool` of the
-  process accepted, up to a limit, then logs what it abandons by name and count. Gunicorn
-  workers call it from the :func:`worker_exit` server hook (``cleanup-middleware serve``
-  installs it), with a limit of gunicorn's ``graceful_timeout`` less :data:`STOP_MARGIN`;
-  any other process calls it at exit, with :data:`EXIT_DRAIN_TIMEOUT`.
+* **Graceful stop**: a stopping process waits for the work every :class:`DeferredPool` of it
+  accepted, up to a limit, and says at WARNING what it waits for and then what it abandons, by
+  name and count: nobody configures our logger under gunicorn or waitress, and Python's last
+  resort prints WARNING and above on stderr, the server's own output. A gunicorn worker finds
+  its own ``graceful_timeout`` (see :class:`_WorkerStop`), with no line in a config file: its
+  wait ends :data:`STOP_MARGIN` before the arbiter's kill, counted from when it was told to
+  stop, however long its last requests then take. Any other process waits at exit, up to
+  :data:`EXIT_DRAIN_TIMEOUT`; :func:`drain` does the same from code.
 
 Work that must survive a crash or a ``SIGKILL`` belongs in a task queue (Celery, RQ), not in a
 thread of the web worker: ``defer(environ, send_receipt.delay, order_id)`` hands it to Celery
@@ -34,7 +41,9 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import gc
 import os
+import sys
 import threading
 import time
 import weakref
@@ -42,6 +51,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from functools import partial
+from types import FrameType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .cleanup import ENVIRON_KEY, _Unwatched, _WatchedCall
@@ -73,28 +83,31 @@ DEFAULT_MAX_WORKERS = 4
 #: Functions the default pool holds waiting. A full queue of 200 ms functions drains in
 #: about 13 s on four threads, inside gunicorn's default ``graceful_timeout`` of 30 s.
 DEFAULT_MAX_QUEUED = 256
-#: Seconds :func:`worker_exit` leaves of gunicorn's ``graceful_timeout`` (and ``timeout``),
-#: so that the worker logs what it abandons before the arbiter kills it.
+#: Seconds a gunicorn worker leaves of its ``graceful_timeout`` (and ``timeout``), counted from
+#: when it was told to stop, so that it logs what it abandons before the arbiter kills it.
 STOP_MARGIN = 1.0
-#: Seconds a process that has no :func:`worker_exit` hook waits at exit: gunicorn's default
-#: ``graceful_timeout`` (30 s) less :data:`STOP_MARGIN`.
+#: Seconds any other process waits at exit: gunicorn's default ``graceful_timeout`` (30 s)
+#: less :data:`STOP_MARGIN`.
 EXIT_DRAIN_TIMEOUT = 29.0
+# How often the watcher of a gunicorn worker looks whether it was told to stop: it sees the
+# stop at most this late, well inside STOP_MARGIN.
+_STOP_POLL = 0.1
 # At most one "queue full" warning per this many seconds and pool.
 _FULL_WARNING_INTERVAL = 60.0
 
 
 class _DeferredCall:
-    """One deferred function with its arguments, the request it came from, for the log, and the
-    context it runs in: a copy of the one :func:`defer` was called in."""
+    """One deferred function with its arguments, the context it runs in, and the request it
+    came from, for the log."""
 
     __slots__ = ("context", "request", "work")
 
     def __init__(
-        self, work: Callable[[], object], request: str, context: contextvars.Context
+        self, work: Callable[[], object], context: contextvars.Context, request: str
     ) -> None:
         self.work = work
-        self.request = request  # method and path, escaped: never the environ itself
         self.context = context
+        self.request = request  # method and path, escaped: never the environ itself
 
     def __call__(self) -> None:
         try:
@@ -135,7 +148,7 @@ _Work = _DeferredCall | _FutureCall
 
 # Every DeferredPool alive, for drain() and for resetting them in a forked child.
 _pools: weakref.WeakSet[DeferredPool] = weakref.WeakSet()
-# Deferred functions drain() abandoned in this process, in all: for cleanup_middleware.otel.
+# Deferred functions abandoned at a stop in this process, in all: for cleanup_middleware.otel.
 _abandoned = 0
 
 
@@ -322,11 +335,20 @@ def default_executor() -> DeferredPool:
 
 def _reset_after_fork() -> None:
     # Locks held by another thread at the fork would stay held forever in the child, and the
-    # parent's threads do not exist here: every pool starts over, empty.
-    global _default_pool_lock
+    # parent's threads do not exist here: every pool starts over, empty, and a forked gunicorn
+    # worker looks for its own worker object.
+    global _default_pool_lock, _worker_lock, _looked_for_worker, _worker_stop
     _default_pool_lock = threading.RLock()
+    _worker_lock = threading.RLock()
+    _looked_for_worker, _worker_stop = False, None
     for pool in list(_pools):
         pool._start_empty()
+    # Gunicorn's arbiter forks a worker from spawn_worker(), whose local ``worker`` is this
+    # process's (as with --preload): watch it from its first moment.
+    forking = sys._getframe().f_back
+    worker = forking.f_locals.get("worker") if forking is not None else None
+    if _is_gunicorn_worker(worker):
+        _watch_gunicorn_worker(worker)
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -356,7 +378,9 @@ def defer(environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwa
     if not callable(fn):
         raise not_callable("defer", "to run after the response", fn)
     work = partial(fn, *args, **kwargs) if args or kwargs else fn
-    cleanup._register(_HandOff(cleanup, work, environ), "defer", last=True)
+    # The caller's context, as now: what the request bound before it deferred (O(1) to copy).
+    hand_off = _HandOff(cleanup, work, contextvars.copy_context(), environ)
+    cleanup._register(hand_off, "defer", last=True)
 
 
 class _HandOff(_Unwatched):
@@ -367,13 +391,16 @@ class _HandOff(_Unwatched):
     __slots__ = ("cleanup", "context", "environ", "work")
 
     def __init__(
-        self, cleanup: ResponseCleanup, work: Callable[[], object], environ: WSGIEnvironment
+        self,
+        cleanup: ResponseCleanup,
+        work: Callable[[], object],
+        context: contextvars.Context,
+        environ: WSGIEnvironment,
     ) -> None:
         self.cleanup = cleanup
         self.work = work
+        self.context = context
         self.environ = environ  # for the log: method and path
-        # The caller's context variables (a trace's span, say), as they are now.
-        self.context = contextvars.copy_context()
 
     def __call__(self) -> None:
         request = describe_request(self.environ)
@@ -383,8 +410,8 @@ class _HandOff(_Unwatched):
         observers = self.cleanup._observers
         work = _DeferredCall(
             _WatchedCall(self.work, observers, request) if observers else self.work,
-            request,
             self.context,
+            request,
         )
         try:
             if isinstance(executor, DeferredPool):
@@ -413,8 +440,10 @@ class _DeferredHook:
     """A config hook declared ``defer = true``: called at close, it defers ``fn(environ)``.
 
     Deferred from the hook loop of ``close()``, it is handed off with the request's other
-    deferred functions once every hook ran. Equal for equal functions, so that nested
-    middleware with the same config register it once.
+    deferred functions once every hook ran. Its context is a copy of the one ``close()`` runs
+    in: the server thread's, which holds what the request bound where the server closes the
+    response in the thread that ran the application, as most do. Equal for equal functions, so
+    that nested middleware with the same config register it once.
     """
 
     __slots__ = ("fn",)
@@ -441,61 +470,215 @@ def drain(timeout: float) -> int:
     """Wait up to ``timeout`` seconds for the work the process's pools accepted; log the rest.
 
     Every :class:`DeferredPool` of this process is shut down: deferred work that comes later
-    runs inline at close. What is still queued or running when the time is up is logged as a
-    warning, by name and count; it is abandoned when the process exits. Returns how many
-    functions were abandoned. An executor given as ``executor=`` that is not a
-    :class:`DeferredPool` is left to its own shutdown rules.
+    runs inline at close. What is queued or running is logged as a warning when the wait
+    begins, and what still is when the time is up, by name and count; that is abandoned when
+    the process exits. Returns how many functions were abandoned. An executor given as
+    ``executor=`` that is not a :class:`DeferredPool` is left to its own shutdown rules.
     """
     return _drain_pools(list(_pools), timeout)
 
 
 def _drain_pools(pools: list[DeferredPool], timeout: float) -> int:
-    global _abandoned
     deadline = time.monotonic() + timeout
-    pending = sum(len(pool._left()) for pool in pools)
+    pending = _left_in(pools)
     if pending:
-        logger.info("waiting up to %.1f s for %d deferred functions", timeout, pending)
+        _log_waiting(pending, timeout)
     left: list[_Work] = []
     try:
         for pool in pools:
             pool._drain(deadline)
     finally:
         # Also when the wait is cut short (gunicorn's SIGABRT raises SystemExit in it).
-        for pool in pools:
-            left += pool._left()
-        _abandoned += len(left)
+        left = _left_in(pools)
         if left:
-            names = Counter(work.name for work in left)
-            logger.warning(
-                "abandoned %d deferred function%s still queued or running after %.1f s: %s",
-                len(left),
-                "" if len(left) == 1 else "s",
-                timeout,
-                ", ".join(f"{count} x {name}" for name, count in names.most_common()),
-            )
+            _log_abandoned(left, timeout)
     return len(left)
+
+
+def _left_in(pools: list[DeferredPool]) -> list[_Work]:
+    return [work for pool in pools for work in pool._left()]
+
+
+def _log_waiting(works: list[_Work], seconds: float) -> None:
+    logger.warning(
+        "waiting up to %.1f s for %d deferred function%s still queued or running, lost if the "
+        "process is killed first: %s",
+        seconds,
+        len(works),
+        "" if len(works) == 1 else "s",
+        _names(works),
+    )
+
+
+def _log_abandoned(works: list[_Work], seconds: float) -> None:
+    global _abandoned
+    _abandoned += len(works)  # each piece of work is said abandoned once
+    logger.warning(
+        "abandoned %d deferred function%s still queued or running after %.1f s: %s",
+        len(works),
+        "" if len(works) == 1 else "s",
+        seconds,
+        _names(works),
+    )
+
+
+def _names(works: list[_Work]) -> str:
+    counts = Counter(work.name for work in works)
+    return ", ".join(f"{count} x {name}" for name, count in counts.most_common())
+
+
+class _WorkerStop:
+    """A gunicorn worker's stop as the worker sees it: when its wait for deferred work ends.
+
+    Gunicorn kills a worker ``graceful_timeout`` after telling it to stop (or ``timeout`` after
+    it last checked in, when it stops on its own after ``max_requests``), however much of that
+    it spent finishing its last requests. So the wait ends :data:`STOP_MARGIN` before then,
+    counted from when the worker's ``alive`` flag dropped, whoever waits: a thread that watches
+    the flag (from when this module is imported in the worker, or from the fork when it was
+    imported in gunicorn's master) and says at the deadline what is left if the worker is still
+    busy, :func:`worker_exit`, or the exit net. Each piece of work is said once as waited for
+    and once as abandoned, whoever sees it first.
+
+    :param worker: this process's gunicorn worker object.
+
+    Example::
+
+        stop = _WorkerStop(worker)
+        stop.drain()  # at the worker's exit
+    """
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        cfg = worker.cfg
+        limit = cfg.graceful_timeout if not cfg.timeout else min(cfg.graceful_timeout, cfg.timeout)
+        self.limit = max(0.0, limit - STOP_MARGIN)
+        self.deadline: float | None = None
+        self._lock = threading.Lock()
+        self._said_waiting: set[_Work] = set()
+        self._said_abandoned: set[_Work] = set()
+
+    def watch(self) -> None:
+        """Wait for the worker to stop; at the deadline, say what is left."""
+        while self.worker.alive:  # as long as the worker serves
+            time.sleep(_STOP_POLL)
+        time.sleep(max(0.0, self.begin() - time.monotonic()))
+        self.report()
+
+    def begin(self) -> float:
+        """The deadline, set by whoever sees the stop first; say what is pending, if new."""
+        with self._lock:
+            if self.deadline is None:
+                self.deadline = time.monotonic() + self.limit
+            deadline = self.deadline
+        pending = self._new(self._said_waiting)
+        if pending:
+            _log_waiting(pending, max(0.0, deadline - time.monotonic()))
+        return deadline
+
+    def drain(self) -> None:
+        """Shut the pools down and wait for them until the deadline; say what is left."""
+        deadline = self.begin()
+        pools = list(_pools)
+        try:
+            for pool in pools:
+                pool._drain(deadline)
+        finally:
+            self.report()
+
+    def report(self) -> None:
+        left = self._new(self._said_abandoned)
+        if left:
+            _log_abandoned(left, self.limit)
+
+    def _new(self, said: set[_Work]) -> list[_Work]:
+        """What the pools hold now, if any of it is not in ``said`` yet (all of it is then)."""
+        works = _left_in(list(_pools))
+        with self._lock:
+            if said.issuperset(works):
+                return []
+            said.update(works)
+        return works
+
+
+# This process's gunicorn worker, once looked for: at import, or at the fork.
+_looked_for_worker = False
+_worker_stop: _WorkerStop | None = None
+_worker_lock = threading.RLock()  # re-entrant for the reason the pools' locks are
+
+
+def _watch_gunicorn_worker(worker: Any = None) -> None:
+    """In a gunicorn worker, start watching for its stop; elsewhere nothing. Once a process."""
+    global _looked_for_worker, _worker_stop
+    with _worker_lock:
+        if _looked_for_worker:
+            return
+        _looked_for_worker = True
+        if worker is None:
+            worker = _find_gunicorn_worker()
+            if worker is None:
+                return
+        stop = _worker_stop = _WorkerStop(worker)
+    threading.Thread(target=stop.watch, name="cleanup-middleware-stop", daemon=True).start()
+
+
+def _is_gunicorn_worker(candidate: object) -> bool:
+    base = sys.modules.get("gunicorn.workers.base")
+    return base is not None and isinstance(candidate, base.Worker)
+
+
+def _find_gunicorn_worker() -> Any:
+    """This process's gunicorn worker object, or None in any other process.
+
+    Gunicorn imports the application in a method of the worker (``load_wsgi``), and every
+    worker class runs its loop (``run``) and handles requests (``handle``) in methods of it, so
+    a thread's stack holds it as ``self``; failing that (a module imported in a server hook, or
+    by gevent's pywsgi worker), the garbage collector's list of objects does.
+    """
+    if "gunicorn.workers.base" not in sys.modules:
+        return None
+    pid = os.getpid()
+
+    def is_ours(candidate: object) -> bool:
+        # The arbiter's copies of its other workers, made before the fork, are not.
+        return _is_gunicorn_worker(candidate) and getattr(candidate, "pid", None) == pid
+
+    for top in sys._current_frames().values():
+        frame: FrameType | None = top
+        while frame is not None:
+            if frame.f_code.co_varnames[:1] == ("self",):
+                candidate = frame.f_locals.get("self")
+                if is_ours(candidate):
+                    return candidate
+            frame = frame.f_back
+    return next((candidate for candidate in gc.get_objects() if is_ours(candidate)), None)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
     """Gunicorn server hook: a stopping worker waits for its deferred work, then logs the rest.
 
-    The wait is at most ``graceful_timeout`` (and ``timeout``, which bounds a worker that exits
-    on its own, as after ``max_requests``) less :data:`STOP_MARGIN`, counted from when the
-    worker stopped serving. ``cleanup-middleware serve`` installs it; with plain gunicorn, add
-    this line to the gunicorn config file::
-
-        from cleanup_middleware.deferred import worker_exit
+    Not needed any more (the worker finds its ``graceful_timeout`` itself and waits at exit),
+    but harmless: ``cleanup-middleware serve`` installs it, so that the wait comes before a
+    ``worker_exit`` hook of the operator's. It waits until :class:`_WorkerStop`'s deadline.
     """
-    cfg = worker.cfg
-    limit = cfg.graceful_timeout if not cfg.timeout else min(cfg.graceful_timeout, cfg.timeout)
-    drain(max(0.0, limit - STOP_MARGIN))
+    global _worker_stop
+    with _worker_lock:
+        stop = _worker_stop
+        if stop is None or stop.worker is not worker:
+            stop = _worker_stop = _WorkerStop(worker)
+    stop.drain()
+
+
+_watch_gunicorn_worker()
 
 
 @atexit.register
 def _drain_at_exit() -> None:
-    # Pools that drain() saw already had their wait (gunicorn's worker_exit, say).
+    if _worker_stop is not None:
+        _worker_stop.drain()  # a gunicorn worker: until its deadline, at most once in effect
+        return
+    # Pools that drain() saw already had their wait.
     pools = [pool for pool in list(_pools) if not pool._drained]
-    if any(pool._left() for pool in pools):
+    if _left_in(pools):
         _drain_pools(pools, EXIT_DRAIN_TIMEOUT)
 
 

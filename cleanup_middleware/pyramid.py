@@ -12,6 +12,10 @@ whose hooks run when the server closes the response:
 The WSGI application that ``Configurator.make_wsgi_app()`` returns must still be wrapped in the
 middleware (or the middleware be put in its PasteDeploy pipeline): without it the methods raise
 the ``RuntimeError`` of ``add_cleanup``, which says so.
+
+A subrequest (``request.invoke_subrequest(Request.blank("/other"))``) has an environ of its own,
+which never passed through the middleware: its hooks belong to the top-level response, and run
+when that one is closed.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from ._extras import missing_extra
-from .cleanup import add_cleanup, enter_context
+from .cleanup import ENVIRON_KEY, add_cleanup, enter_context
 
 try:
     from pyramid.config import Configurator  # type: ignore[import-untyped]
     from pyramid.request import Request  # type: ignore[import-untyped]
+    from pyramid.threadlocal import manager  # type: ignore[import-untyped]
 except ImportError as exc:
     raise missing_extra(__name__, "pyramid", exc) from exc
 
@@ -52,9 +57,26 @@ def request_add_cleanup(
     request: Request, fn: Callable[..., object], /, *args: Any, **kwargs: Any
 ) -> None:
     """``request.add_cleanup(fn, *args, **kwargs)``: ``fn`` runs once this response is closed."""
-    add_cleanup(request.environ, fn, *args, **kwargs)
+    add_cleanup(_response_environ(request), fn, *args, **kwargs)
 
 
 def request_enter_context(request: Request, cm: AbstractContextManager[T], /) -> T:
     """``request.enter_context(cm)``: enter ``cm`` now, exit it when this response is closed."""
-    return enter_context(request.environ, cm)
+    return enter_context(_response_environ(request), cm)
+
+
+def _response_environ(request: Request) -> dict[str, Any]:
+    """The environ of the response that ``request``'s hooks belong to.
+
+    A request's own, if it passed through the middleware; for a subrequest, that of the nearest
+    request below it on Pyramid's stack of the thread's active requests (``invoke_subrequest``
+    pushes each on it) that did: the top-level one. Else its own, which ``add_cleanup`` refuses
+    with the error that says to wrap the application.
+    """
+    environ: dict[str, Any] = request.environ
+    if ENVIRON_KEY not in environ:
+        for active in reversed(manager.stack):
+            outer = active.get("request")
+            if outer is not None and ENVIRON_KEY in outer.environ:
+                return outer.environ  # type: ignore[no-any-return]
+    return environ

@@ -175,10 +175,14 @@ _unpatchable_types: set[type] = set()
 
 
 def log_unpatchable(body_type: type) -> None:
-    """Note, once per class, that a file body refused a new ``close`` and is wrapped instead."""
+    """Say, once per class, that a file body refused a new ``close`` and is wrapped instead.
+
+    At WARNING: the server loses ``sendfile()`` for it, which the operator must see, and
+    default logging (gunicorn's, waitress's, a bare script's) drops anything lower.
+    """
     if body_type not in _unpatchable_types:
         _unpatchable_types.add(body_type)
-        logger.debug(
+        logger.warning(
             "cannot set close() on %s.%s; wrapping it instead, so the server will iterate "
             "this file body rather than use sendfile()",
             body_type.__module__,

@@ -10,9 +10,9 @@ environ:
   ``environ["flask_download.scratch_dir"]``, and removes it with everything in it once the
   response is closed, whether the request succeeded or failed.
 
-Check the config, which imports these hooks, as CI would::
+Check the config, which imports these hooks, as CI would (from the project's folder)::
 
-    PYTHONPATH=examples cleanup-middleware check examples/cleanup.toml
+    cleanup-middleware check --chdir examples cleanup.toml
 """
 
 from __future__ import annotations

@@ -97,7 +97,9 @@ def check_config_hooks_run(server: Server, records: Path) -> None:
 
 
 @contextlib.contextmanager
-def run_serve(args: list[str], env: dict[str, str], log_dir: Path) -> Iterator[Server]:
+def run_serve(
+    args: list[str], env: dict[str, str], log_dir: Path, cwd: Path | None = None
+) -> Iterator[Server]:
     """``cleanup-middleware serve ARGS --bind fd://N`` on a socket bound here, always reaped."""
     listener, port = serverkit.listening_socket()
     try:
@@ -110,6 +112,7 @@ def run_serve(args: list[str], env: dict[str, str], log_dir: Path) -> Iterator[S
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=serverkit.child_env(env),
+                cwd=cwd,
                 pass_fds=(fd,),
                 start_new_session=True,
             )
@@ -126,7 +129,8 @@ def run_serve(args: list[str], env: dict[str, str], log_dir: Path) -> Iterator[S
 
 
 def start_and_fail(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run a gunicorn command that must not start; return what it did (bounded)."""
+    """Run a command that must not start a server (a gunicorn that fails, or ``check``);
+    return what it did (bounded)."""
     return subprocess.run(
         command,
         cwd=cwd,
@@ -136,6 +140,13 @@ def start_and_fail(command: list[str], cwd: Path) -> subprocess.CompletedProcess
         text=True,
         timeout=60,
     )
+
+
+@pytest.fixture(autouse=True)
+def _own_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main(["check", ...])`` puts the working directory on ``sys.path``, as the command must;
+    the tests after it get the path as it was."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
 
 
 @pytest.fixture
@@ -456,3 +467,75 @@ def test_the_example_config(
     run_wsgi_app(CleanupMiddleware(view, config=config), environ, buffered=True)
     assert len(scratch_dirs) == 1 and not os.path.exists(scratch_dirs[0])
     assert errors.getvalue() == "cleanup-middleware example: GET /download closed\n"
+
+
+# --- from the application's folder ------------------------------------------------------------
+
+FOLDER_APP = """
+from serverkit import record
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+FOLDER_HOOKS = """
+from serverkit import record
+
+def closed(environ):
+    record("folder-hook", path=environ["PATH_INFO"])
+"""
+
+
+def app_folder(tmp_path: Path) -> Path:
+    """A folder with an app, its hooks beside it and their config, on no module path."""
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / "folder_app.py").write_text(FOLDER_APP)
+    (folder / "folder_hooks.py").write_text(FOLDER_HOOKS)
+    (folder / "cleanup.toml").write_text('[[hooks]]\ncall = "folder_hooks:closed"\n')
+    return folder
+
+
+def run_check(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The installed ``cleanup-middleware check ARGS``, run in ``cwd`` (bounded)."""
+    return start_and_fail([str(SCRIPT), "check", *args], cwd)
+
+
+def test_check_imports_hooks_from_the_working_directory_as_gunicorn_does(tmp_path: Path) -> None:
+    folder = app_folder(tmp_path)
+    result = run_check(["cleanup.toml"], folder)
+    assert result.returncode == 0, result.stderr
+    assert "folder_hooks:closed" in result.stdout
+    # The project's own example, checked from its folder.
+    result = run_check(["cleanup.toml"], EXAMPLES)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('cleanup.toml: 2 hooks, on-hook-error = "log"\n')
+
+
+def test_check_takes_gunicorn_s_chdir_and_pythonpath(tmp_path: Path) -> None:
+    folder = app_folder(tmp_path)
+    result = run_check(["--chdir", "app", "cleanup.toml"], tmp_path)  # FILE is from DIR
+    assert result.returncode == 0, result.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_check(["--pythonpath", f"{EXAMPLES},../app", "../app/cleanup.toml"], elsewhere)
+    assert result.returncode == 0, result.stderr
+    # Without them, the hooks are not found, and the error says where it looked.
+    result = run_check([str(folder / "cleanup.toml")], elsewhere)
+    assert result.returncode == 1
+    assert f"can be imported from {elsewhere} or the PYTHONPATH" in result.stderr
+    result = run_check(["--chdir", "nowhere", "cleanup.toml"], tmp_path)
+    assert result.returncode == 2
+    assert "--chdir nowhere: No such file or directory" in result.stderr
+
+
+def test_serve_imports_hooks_from_the_working_directory(tmp_path: Path, records: Path) -> None:
+    folder = app_folder(tmp_path)
+    args = ["folder_app:app", "--config", "cleanup.toml", "--workers", "1"]
+    with run_serve(args, {RECORD_DIR_ENV: str(records)}, tmp_path, cwd=folder) as server:
+        assert send(server, "GET", "/from-the-folder") == 200
+        wait_for_records(records, lambda rs: {"/ready", "/from-the-folder"} <= paths(rs))
+
+
+def paths(records: list[dict[str, Any]]) -> set[str]:
+    return {r["path"] for r in records if r["event"] == "folder-hook"}

@@ -548,6 +548,25 @@ def test_hook_module_that_is_not_there_says_check_the_name(tmp_path: Path, name:
         CleanupMiddleware(app, config=path)
 
 
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [
+        ("near_hoks", "near_hooks"),  # beside the config, on the path
+        ("cleanup_middleware.defered", "cleanup_middleware.deferred"),  # in a package
+        ("cleanup_midleware.deferred", "cleanup_middleware"),  # the package itself
+    ],
+)
+def test_a_misspelt_hook_module_gets_did_you_mean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, suggestion: str
+) -> None:
+    (tmp_path / "near_hooks.py").write_text("def f(environ):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = toml(tmp_path, f'[[hooks]]\ncall = "{name}:f"\n')
+    with pytest.raises(ConfigError) as info:
+        CleanupMiddleware(app, config=path)
+    assert f"(did you mean {suggestion!r}?); check the name" in str(info.value)
+
+
 # (file bytes, what the message says the file is)
 UNREADABLE_ENCODINGS = [
     pytest.param(

@@ -128,39 +128,6 @@ def test_the_default_pool_runs_it_in_another_thread_while_close_has_returned() -
     assert threads[0].startswith("cleanup-middleware-defer") and threads[0] != "MainThread"
 
 
-REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
-
-
-def test_each_deferred_function_runs_in_a_copy_of_the_context_defer_was_called_in() -> None:
-    seen: list[str] = []
-    done = threading.Event()
-
-    def work(expected: str) -> None:
-        seen.append(REQUEST_ID.get())
-        REQUEST_ID.set("changed by the work")  # in its copy only
-        if len(seen) == 2:
-            done.set()
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        REQUEST_ID.set(environ["PATH_INFO"])
-        defer(environ, work, environ["PATH_INFO"])
-        REQUEST_ID.set("changed after defer()")  # the copy was taken at defer()
-        start_response("200 OK", [])
-        return [b"ok"]
-
-    pool = DeferredPool(max_workers=1)
-    try:
-        middleware = CleanupMiddleware(app, executor=pool)
-        context = contextvars.copy_context()
-        context.run(serve, middleware, create_environ("/first"))
-        context.run(serve, middleware, create_environ("/second"))
-        assert done.wait(WAIT)
-    finally:
-        pool.shutdown(wait=True)
-    assert seen == ["/first", "/second"]
-    assert REQUEST_ID.get() == "none"
-
-
 def test_nested_middleware_the_outer_one_owns_the_request_and_runs_it_once() -> None:
     outer, inner = HandOver(), HandOver()
     ran: list[str] = []
@@ -169,6 +136,48 @@ def test_nested_middleware_the_outer_one_owns_the_request_and_runs_it_once() -> 
     assert inner.given == [] and len(outer.given) == 1
     outer.run_all()
     assert ran == ["x"]
+
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("REQUEST_ID", default=None)
+
+
+@pytest.mark.parametrize("kind", ["default pool", "ThreadPoolExecutor", "inline", "config hook"])
+def test_each_deferred_function_runs_in_a_copy_of_its_request_s_context(kind: str) -> None:
+    """What /alice bound, /alice's deferred work sees; never /bob's, nor what another one set."""
+    seen: list[tuple[str | None, str]] = []
+    done = threading.Semaphore(0)
+
+    def deferred(label: str) -> None:
+        seen.append((REQUEST_ID.get(), label))
+        REQUEST_ID.set("set by a deferred function")  # must stay in its own copy
+        done.release()
+
+    def bind(environ: dict[str, Any]) -> None:
+        REQUEST_ID.set(environ["PATH_INFO"])
+
+    executor: Executor = {
+        "default pool": DeferredPool(max_workers=1),  # one thread runs both, one after the other
+        "ThreadPoolExecutor": ThreadPoolExecutor(max_workers=1),
+    }.get(kind, HandOver())
+    if kind == "config hook":  # defer() is called by the hook, at close
+        hooks = [Hook(call=lambda environ: deferred(f"{environ['PATH_INFO']} hook"), defer=True)]
+        app = CleanupMiddleware(deferring_app(bind), hooks=hooks, executor=executor)
+    else:
+        app = CleanupMiddleware(
+            deferring_app(bind, lambda environ: defer(environ, deferred, environ["PATH_INFO"])),
+            executor=executor,
+        )
+    for path in ("/alice", "/bob"):
+        # A server thread of its own for each request, as a fresh thread of a server has.
+        contextvars.copy_context().run(serve, app, create_environ(path))
+    if isinstance(executor, HandOver):
+        executor.run_all()  # here, in the test's own context
+    for _ in range(2):
+        assert done.acquire(timeout=WAIT)
+    executor.shutdown(wait=True)
+    suffix = " hook" if kind == "config hook" else ""
+    assert seen == [("/alice", f"/alice{suffix}"), ("/bob", f"/bob{suffix}")]
+    assert REQUEST_ID.get() is None
 
 
 def block_pool(pool: DeferredPool, release: threading.Event) -> threading.Event:
@@ -399,7 +408,10 @@ def test_submit_returns_a_future_and_drain_logs_what_it_abandons() -> None:
         "abandoned 3",
         "refused cannot schedule new work after shutdown",
     ]
-    assert "INFO waiting up to 0.1 s for 3 deferred functions" in result.stderr
+    assert (
+        "WARNING waiting up to 0.1 s for 3 deferred functions still queued or running, lost if "
+        "the process is killed first: 2 x __main__.waiting, 1 x __main__.stuck"
+    ) in result.stderr
     assert (
         "WARNING abandoned 3 deferred functions still queued or running after 0.1 s: "
         "2 x __main__.waiting, 1 x __main__.stuck"
@@ -506,9 +518,9 @@ def child_exit(server, worker):
 """
 
 
-def gunicorn_config(tmp_path: Path, extra: str = "") -> Path:
+def gunicorn_config(tmp_path: Path, extra: str = "", hook: bool = True) -> Path:
     path = tmp_path / "gunicorn.conf.py"
-    path.write_text(HOOK_CONFIG + extra)
+    path.write_text((HOOK_CONFIG if hook else "") + extra)
     return path
 
 
@@ -531,12 +543,17 @@ def events_of(records: Path, token: str) -> list[str]:
 
 @contextlib.contextmanager
 def gunicorn(
-    name: str, tmp_path: Path, extra_config: str | None = "", app: str = "defer_app:application"
+    name: str,
+    tmp_path: Path,
+    extra_config: str | None = "",
+    app: str = "defer_app:application",
+    hook: bool = True,
 ) -> Iterator[tuple[Server, Path]]:
-    """Serve ``app``; with the worker_exit hook and ``extra_config``, unless that is None."""
+    """Serve ``app``; with ``extra_config`` (unless None) and, with ``hook``, the worker_exit
+    hook."""
     records = tmp_path / "records"
     records.mkdir()
-    config = gunicorn_config(tmp_path, extra_config) if extra_config is not None else None
+    config = gunicorn_config(tmp_path, extra_config, hook) if extra_config is not None else None
     with run_server(
         name, app, env={RECORD_DIR_ENV: str(records)}, gunicorn_config=config, log_dir=tmp_path
     ) as server:
@@ -584,9 +601,16 @@ def test_a_pool_used_in_the_master_works_in_preloaded_workers(tmp_path: Path) ->
     assert [r["pid"] for r in read_records(records) if r["event"] == "deferred-done"] == [pid]
 
 
-def test_work_still_running_at_the_limit_is_logged_by_name_and_count(tmp_path: Path) -> None:
+def check_pending_work_is_said_before_the_kill(
+    name: str, tmp_path: Path, hook: bool = False, extra_config: str = ""
+) -> None:
+    """Three deferred functions still running when gunicorn is told to stop, for good: the
+    worker says at WARNING that it waits for them and then that it abandons them, by name and
+    count, and exits before the arbiter kills it. With the worker_exit line in gunicorn's
+    config only with ``hook``."""
     tokens = [f"stuck-{uuid.uuid4().hex[:8]}" for _ in range(3)]
-    with gunicorn("gunicorn-sync", tmp_path, REAPED_RECORD) as (server, records):
+    app = "defer_app:default_pool_app"
+    with gunicorn(name, tmp_path, REAPED_RECORD + extra_config, app, hook) as (server, records):
         pid = defer_request(server, tokens[0])
         for token in tokens[1:]:
             defer_request(server, token)
@@ -594,10 +618,71 @@ def test_work_still_running_at_the_limit_is_logged_by_name_and_count(tmp_path: P
         # gunicorn's --graceful-timeout is 3 s here: the worker waits 2 s, logs, exits.
         wait_for_log(server, "abandoned 3 deferred functions")
         server.process.wait(WAIT)
-    assert "3 x defer_app.wait_for_go" in server.log()
+    log = server.log()
+    waiting = log.index("for 3 deferred functions still queued or running, lost if the process")
+    abandoned = log.index(
+        "abandoned 3 deferred functions still queued or running after 2.0 s: "
+        "3 x defer_app.wait_for_go"
+    )
+    assert waiting < abandoned, log
     # It exited on its own, before the arbiter's SIGKILL: the arbiter reaped it.
     assert [r["worker"] for r in read_records(records) if r["event"] == "worker-reaped"] == [pid]
     release(records, *tokens)
+
+
+@pytest.mark.parametrize(
+    ("hook", "extra_config"),
+    [(True, ""), (False, ""), (False, "preload_app = True\n")],
+    ids=["worker_exit line", "plain gunicorn", "plain gunicorn --preload"],
+)
+@pytest.mark.parametrize("name", SENDFILE_SERVERS)
+def test_work_still_running_at_the_limit_is_logged_by_name_and_count(
+    name: str, hook: bool, extra_config: str, tmp_path: Path
+) -> None:
+    """Without a line in a config file too: the worker finds its own graceful_timeout."""
+    check_pending_work_is_said_before_the_kill(name, tmp_path, hook, extra_config)
+
+
+@pytest.mark.parametrize("name", SENDFILE_SERVERS)
+def test_work_deferred_by_a_request_running_at_sigterm_is_said_before_the_kill(
+    name: str, tmp_path: Path
+) -> None:
+    """The worker's wait ends before the kill, counted from the stop, not from its last request.
+
+    ``cleanup-middleware serve --graceful-timeout 4``: a request still running when the worker
+    is told to stop defers two functions, which never finish.
+    """
+    records = tmp_path / "records"
+    records.mkdir()
+    token = f"late-{uuid.uuid4().hex[:8]}"
+    own_config = tmp_path / "own.gunicorn.conf.py"
+    own_config.write_text(REAPED_RECORD)
+    args = ["defer_app:default_pool_app", "--workers", "1", "--graceful-timeout", "4"]
+    args += ["--timeout", "30", "-c", str(own_config)]
+    if name == "gunicorn-gthread":
+        args += ["--worker-class", "gthread", "--threads", "4"]
+    with (
+        run_serve(args, {RECORD_DIR_ENV: str(records)}, tmp_path) as server,
+        ThreadPoolExecutor(max_workers=1) as client,
+    ):
+        response = client.submit(http_get, f"{server.url}/defer-late?token={token}")
+        wait_for_records(records, lambda rs: "request-started" in events_of(records, token))
+        server.process.send_signal(signal.SIGTERM)
+        wait_for_log(server, "Handling signal: term")
+        # Not a measurement: it makes the request end more than 1 s after the stop, which a
+        # wait of graceful_timeout less 1 s counted from the request's end would outlast.
+        time.sleep(1.5)
+        release(records, f"respond-{token}")
+        pid = int(response.result(WAIT).body)
+        server.process.wait(WAIT)
+    log = server.log()
+    assert "for 2 deferred functions still queued or running, lost if the process" in log
+    assert (
+        "abandoned 2 deferred functions still queued or running after 3.0 s: "
+        "2 x defer_app.wait_for_go"
+    ) in log
+    assert [r["worker"] for r in read_records(records) if r["event"] == "worker-reaped"] == [pid]
+    release(records, f"{token}-1", f"{token}-2")
 
 
 def test_max_requests_recycling_waits_for_the_last_request_s_work(tmp_path: Path) -> None:

@@ -23,6 +23,10 @@ One server per kind for the whole module (a module-scoped fixture, so pytest run
 server before starting the next); every application behaviour is a route of one app. uWSGI runs
 where the ``pyuwsgi`` wheel is installed and is skipped with the reason otherwise.
 
+One more case stops the server: deferred work still running when a gunicorn worker (of every
+worker class) is told to stop must be said at WARNING, by name and count, in the server's own
+output before the arbiter's kill (``test_defer.check_pending_work_is_said_before_the_kill``).
+
 With ``FAULT_MATRIX_SUMMARY=path.md`` in the environment the module writes a summary table of
 what it saw there (``docs/reliability.md`` shows one).
 """
@@ -42,6 +46,7 @@ import pytest
 import serverkit
 from apps.fault_client import CLIENTS, Outcome, request
 from serverkit import CLIENT_GONE, RECORD_DIR_ENV, wait_for_records
+from test_defer import check_pending_work_is_said_before_the_kill
 
 APP = "fault_app:application"
 TMP_DIR_ENV = "CLEANUP_TMP_DIR"  # fault_app.TMP_DIR_ENV
@@ -371,3 +376,15 @@ def test_a_text_body_never_loops_and_gets_what_the_bare_application_gets(
     TEXT_RESULTS[(site.name, case)] = f"{ours.status or '-'}, {len(ours.body)} B" + (
         "" if ours.complete else ", cut"
     )
+
+
+GUNICORN_KINDS = [name for name in SERVER_KINDS if name.startswith("gunicorn-")]
+
+
+@pytest.mark.parametrize("name", GUNICORN_KINDS)
+def test_shutdown_with_pending_deferred_work(name: str, tmp_path: Path) -> None:
+    """Deferred work still running at a stop is said at WARNING, by name and count, before the
+    arbiter's kill, under every gunicorn worker class, with no line in gunicorn's config."""
+    if missing := anyserver.missing(name):
+        pytest.skip(missing)
+    check_pending_work_is_said_before_the_kill(name, tmp_path)

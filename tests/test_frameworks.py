@@ -444,6 +444,60 @@ def test_pyramid_request_methods() -> None:
         serve(bare, "/ok", events)
 
 
+def test_pyramid_subrequest_hooks_belong_to_the_top_level_response() -> None:
+    pytest.importorskip("pyramid")
+    from pyramid.config import Configurator
+    from pyramid.request import Request
+    from pyramid.response import Response
+
+    events: list[str] = []
+
+    @contextmanager
+    def held(label: str) -> Iterator[None]:
+        yield
+        events.append(f"{label} exited")
+
+    def top(request: Any) -> Any:
+        request.add_cleanup(events.append, "top hook")
+        sub = request.invoke_subrequest(Request.blank("/sub"))
+        events.append(f"top got {sub.text}")
+        return Response(b"top")
+
+    def sub(request: Any) -> Any:
+        request.add_cleanup(events.append, "sub hook")
+        request.enter_context(held("sub context"))
+        # A subrequest of a subrequest, through the tweens this time.
+        nested = request.invoke_subrequest(Request.blank("/nested"), use_tweens=True)
+        return Response(f"sub, {nested.text}")
+
+    def nested(request: Any) -> Any:
+        request.add_cleanup(events.append, "nested hook")
+        return Response("nested")
+
+    with Configurator() as config:
+        config.include("cleanup_middleware.pyramid")
+        for name, view in (("top", top), ("sub", sub), ("nested", nested)):
+            config.add_route(name, f"/{name}")
+            config.add_view(view, route_name=name)
+        bare = config.make_wsgi_app()
+
+    serve(CleanupMiddleware(bare), "/top", events)
+    # Every hook waits for the top-level response, and runs last-registered-first.
+    assert events == [
+        "top got sub, nested",
+        "server has the body (ResponseCleanup)",
+        "server sent the body",
+        "nested hook",
+        "sub context exited",
+        "sub hook",
+        "top hook",
+        "server closed the body",
+    ]
+    # Not wrapped: the subrequest's hook is refused, as the top-level request's is.
+    with pytest.raises(RuntimeError, match=r"wrap the WSGI application"):
+        serve(bare, "/sub", events)
+
+
 def test_falcon_drops_an_unclosed_stream_on_head(report: str) -> None:
     falcon = pytest.importorskip("falcon")
     opened = []
