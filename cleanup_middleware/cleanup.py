@@ -35,10 +35,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENVIRON_KEY",
+    "Observer",
     "RaisingResponseCleanup",
     "ResponseCleanup",
     "add_cleanup",
+    "add_observer",
     "enter_context",
+    "remove_observer",
 ]
 
 #: The environ key under which the middleware keeps the request's :class:`ResponseCleanup`.
@@ -297,6 +300,7 @@ class ResponseCleanup(_ResponseCleanupBase):
             return
         # From here on the response is closing: a second close() returns above.
         self._environ = None
+        observers = _observers
         body_error: BaseException | None = None
         hook_error: BaseException | None = None
         close_body = self._close_body
@@ -318,7 +322,10 @@ class ResponseCleanup(_ResponseCleanupBase):
             except IndexError:  # a second close() in another thread took the last one
                 break
             try:
-                hook()
+                if observers is None:
+                    hook()
+                else:
+                    _run_observed(observers, hook, environ)
             except BaseException as exc:
                 hook_error = _hook_failed(environ, hook, exc, hook_error)
         # Closed: from here a registration fails or takes its hook back (see the class).
@@ -326,7 +333,10 @@ class ResponseCleanup(_ResponseCleanupBase):
         if hooks or _GIL_DISABLED:
             for hook in _take_late_hooks(hooks):
                 try:
-                    hook()
+                    if observers is None:
+                        hook()
+                    else:
+                        _run_observed(observers, hook, environ)
                 except BaseException as exc:
                     hook_error = _hook_failed(environ, hook, exc, hook_error)
         if hook_error is not None or body_error is not None:
@@ -351,6 +361,8 @@ class ResponseCleanup(_ResponseCleanupBase):
         try:
             self.close()
         finally:
+            for observer in _observers or ():
+                observer.abandoned(environ)
             # Only now, after the hooks ran: a warning filter may turn the warning into an error.
             _report_abandoned(environ)
 
@@ -360,6 +372,91 @@ class RaisingResponseCleanup(ResponseCleanup):
 
     __slots__ = ()
     raise_hook_errors = True
+
+
+class Observer:
+    """Watches every response's cleanup in the process: the seam for tests and telemetry.
+
+    Subclass it and override what you watch; install it with :func:`add_observer`. Without an
+    observer, closing a response pays one test of a local variable per hook.
+
+    :meth:`run_hook` runs each hook: it must call ``run()`` exactly once and let its exception
+    propagate (it may time it, or wrap it in a span). :meth:`abandoned` is told of each response
+    that reached the garbage-collection net; it must not raise. Both may run in any thread, and
+    must never log or keep request data beyond what :meth:`describe` gives.
+
+    Example::
+
+        class Timing(Observer):
+            def run_hook(self, hook, environ, run):
+                start = time.perf_counter()
+                try:
+                    run()
+                finally:
+                    durations[self.name(hook)] = time.perf_counter() - start
+
+        add_observer(Timing())
+    """
+
+    def run_hook(
+        self, hook: Callable[[], object], environ: WSGIEnvironment, run: Callable[[], object]
+    ) -> None:
+        """Run ``hook``, one hook of the response to ``environ``'s request, by calling ``run()``.
+
+        ``run`` is the hook itself or, with several observers, the next observer's turn.
+        """
+        run()
+
+    def abandoned(self, environ: WSGIEnvironment) -> None:
+        """The response to ``environ``'s request was never closed; its hooks have run."""
+
+    @staticmethod
+    def name(hook: Callable[[], object]) -> str:
+        """The hook's name as the log gives it: ``module.qualname``, never a repr."""
+        return _hook_name(hook)
+
+    @staticmethod
+    def describe(environ: WSGIEnvironment) -> str:
+        """The request's method and path as the log gives them, escaped."""
+        return _describe(environ)
+
+
+# The installed observers, replaced whole (never changed in place), so close() reads them once;
+# None when there are none, which close() tells apart from a tuple with one cheap test per hook.
+_observers: tuple[Observer, ...] | None = None
+_observers_lock = threading.Lock()
+
+
+def add_observer(observer: Observer) -> None:
+    """Install ``observer`` for every response of the process, after those installed before.
+
+    The first installed is the outermost: its :meth:`Observer.run_hook` runs the others'.
+    """
+    global _observers
+    if not isinstance(observer, Observer):
+        raise TypeError(
+            f"add_observer() needs a cleanup_middleware.cleanup.Observer, got a "
+            f"{type(observer).__name__} object; subclass Observer"
+        )
+    with _observers_lock:
+        _observers = (*(_observers or ()), observer)
+
+
+def remove_observer(observer: Observer) -> None:
+    """Uninstall ``observer``; removing one that is not installed does nothing."""
+    global _observers
+    with _observers_lock:
+        _observers = tuple(o for o in _observers or () if o is not observer) or None
+
+
+def _run_observed(
+    observers: tuple[Observer, ...], hook: Callable[[], object], environ: WSGIEnvironment
+) -> None:
+    """Run ``hook`` through each observer's :meth:`Observer.run_hook`, the first outermost."""
+    run = hook
+    for observer in reversed(observers):
+        run = partial(observer.run_hook, hook, environ, run)
+    run()
 
 
 def _take_late_hooks(hooks: list[_Hook]) -> list[_Hook]:
