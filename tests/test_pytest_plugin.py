@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -154,10 +155,17 @@ def test_a_test_of_the_gc_net_keeps_its_response_open(cleanup_hooks):
 )
 
 
-def run_suite(tmp_path: Path, tests: str, *args: str) -> tuple[dict[str, str], str]:
-    """Run ``tests`` as test_app.py under pytest in ``tmp_path``: each test's outcome, output."""
-    (tmp_path / "pyproject.toml").write_text(PYPROJECT, encoding="utf-8")
-    (tmp_path / "test_app.py").write_text(textwrap.dedent(tests), encoding="utf-8")
+def run_suite(
+    tmp_path: Path, tests: str | dict[str, str], *args: str, pyproject: str = PYPROJECT
+) -> tuple[dict[str, str], str]:
+    """Run ``tests`` (test_app.py, or modules by name) under pytest in ``tmp_path``.
+
+    Returns each test's outcome, by the test's name in its module, and pytest's output.
+    """
+    modules = tests if isinstance(tests, dict) else {"test_app.py": tests}
+    (tmp_path / "pyproject.toml").write_text(pyproject, encoding="utf-8")
+    for name, code in modules.items():
+        (tmp_path / name).write_text(textwrap.dedent(code), encoding="utf-8")
     outcomes = tmp_path / "outcomes.json"
     env = dict(os.environ, ADOPTION_OUTCOMES=str(outcomes), PYTHONPATH=str(ADOPTION))
     env.pop("PYTEST_ADDOPTS", None)
@@ -235,3 +243,18 @@ def test_a_project_without_a_test_client_imports_no_framework(tmp_path: Path) ->
     """
     outcomes, output = run_suite(tmp_path, tests)
     assert outcomes == {"test_nothing_imported": "passed"}, output
+
+
+def test_the_examples_of_docs_testing_pass(tmp_path: Path) -> None:
+    # Every block of docs/testing.md that defines tests, but Django's (its project's settings
+    # are tests/adoption/django_project's, whose hook_tests.py runs the same cases).
+    page = (ADOPTION.parent.parent / "docs" / "testing.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", page, re.DOTALL) if "def test_" in b]
+    modules = {f"test_doc{i}.py": b for i, b in enumerate(blocks) if "django" not in b}
+    assert len(modules) == 3
+    # WebOb imports cgi, deprecated before Python 3.13.
+    pyproject = PYPROJECT.replace(
+        '["error"]', '["error", "ignore:.cgi. is deprecated:DeprecationWarning"]'
+    )
+    outcomes, output = run_suite(tmp_path, modules, pyproject=pyproject)
+    assert len(outcomes) == 4 and set(outcomes.values()) == {"passed"}, output
