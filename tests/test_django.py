@@ -17,41 +17,21 @@ and the middleware in its settings) is tested by ``tests/test_frameworks.py``.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from adoption.suite import differences
+from adoption.suite import differences, run_pytest
 
-ADOPTION = Path(__file__).resolve().parent / "adoption"
-PROJECT = ADOPTION / "django_project"
+PROJECT = Path(__file__).resolve().parent / "adoption" / "django_project"
 
 
 def run_project_tests(tests: str, adopted: bool) -> dict[str, str]:
     """Run the project's ``tests`` module; each test's outcome."""
-    with tempfile.TemporaryDirectory() as tmp:
-        outcomes = Path(tmp) / "outcomes.json"
-        env = dict(os.environ, ADOPTION_OUTCOMES=str(outcomes), CLEANUP_ADOPTED=str(int(adopted)))
-        env["PYTHONPATH"] = os.pathsep.join([str(PROJECT), str(ADOPTION)])
-        env.pop("DJANGO_SETTINGS_MODULE", None)
-        env.pop("PYTEST_ADDOPTS", None)
-        plugin = [] if adopted else ["-p", "no:cleanup_middleware"]
-        command = [sys.executable, "-m", "pytest", "-p", "outcomes", "-p", "no:cacheprovider"]
-        done = subprocess.run(
-            [*command, *plugin, f"--basetemp={tmp}/basetemp", tests],
-            cwd=PROJECT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert outcomes.exists(), done.stdout + done.stderr
-        result: dict[str, str] = json.loads(outcomes.read_text(encoding="utf-8"))
-    return result
+    plugin = [] if adopted else ["-p", "no:cleanup_middleware"]
+    env = {"CLEANUP_ADOPTED": str(int(adopted))}
+    outcomes, _ = run_pytest(PROJECT, [*plugin, tests], [PROJECT], env)
+    return outcomes
 
 
 def test_a_django_projects_tests_give_the_same_results_adopted() -> None:

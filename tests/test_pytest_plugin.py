@@ -14,15 +14,13 @@ outcome of each test of that suite is compared with what the plugin promises:
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-ADOPTION = Path(__file__).resolve().parent / "adoption"
+from adoption.suite import run_pytest
+
+DOCS_TESTING = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
 
 PYPROJECT = """
 [tool.pytest.ini_options]
@@ -166,22 +164,8 @@ def run_suite(
     (tmp_path / "pyproject.toml").write_text(pyproject, encoding="utf-8")
     for name, code in modules.items():
         (tmp_path / name).write_text(textwrap.dedent(code), encoding="utf-8")
-    outcomes = tmp_path / "outcomes.json"
-    env = dict(os.environ, ADOPTION_OUTCOMES=str(outcomes), PYTHONPATH=str(ADOPTION))
-    env.pop("PYTEST_ADDOPTS", None)
-    command = [sys.executable, "-m", "pytest", "-p", "outcomes", "-p", "no:cacheprovider"]
-    done = subprocess.run(
-        [*command, "-p", "no:randomly", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert outcomes.exists(), done.stdout + done.stderr
-    result: dict[str, str] = json.loads(outcomes.read_text(encoding="utf-8"))
-    return {name.partition("::")[2]: outcome for name, outcome in result.items()}, done.stdout
+    outcomes, output = run_pytest(tmp_path, list(args), [])
+    return {name.partition("::")[2]: outcome for name, outcome in outcomes.items()}, output
 
 
 def test_flask_test_client_responses_fixtures_and_strict_mode(tmp_path: Path) -> None:
@@ -248,7 +232,7 @@ def test_a_project_without_a_test_client_imports_no_framework(tmp_path: Path) ->
 def test_the_examples_of_docs_testing_pass(tmp_path: Path) -> None:
     # Every block of docs/testing.md that defines tests, but Django's (its project's settings
     # are tests/adoption/django_project's, whose hook_tests.py runs the same cases).
-    page = (ADOPTION.parent.parent / "docs" / "testing.md").read_text(encoding="utf-8")
+    page = DOCS_TESTING.read_text(encoding="utf-8")
     blocks = [b for b in re.findall(r"```python\n(.*?)```", page, re.DOTALL) if "def test_" in b]
     modules = {f"test_doc{i}.py": b for i, b in enumerate(blocks) if "django" not in b}
     assert len(modules) == 3

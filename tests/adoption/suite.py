@@ -62,25 +62,46 @@ def flask_sdist(cache: Path, version: str = FLASK_VERSION) -> Path:
     return tree
 
 
+def run_pytest(
+    cwd: Path, args: list[str], pythonpath: list[Path], env: dict[str, str] | None = None
+) -> tuple[dict[str, str], str]:
+    """Run pytest on ``args`` in ``cwd``, in a subprocess; each test's outcome, and the output.
+
+    ``pythonpath`` comes before this directory (the shim and the outcome plugin); the outer
+    run's ``PYTEST_ADDOPTS`` and ``DJANGO_SETTINGS_MODULE`` are not the project's.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes = Path(tmp) / "outcomes.json"
+        environ = dict(os.environ, ADOPTION_OUTCOMES=str(outcomes), **(env or {}))
+        environ["PYTHONPATH"] = os.pathsep.join(str(path) for path in [*pythonpath, HERE])
+        environ.pop("PYTEST_ADDOPTS", None)
+        environ.pop("DJANGO_SETTINGS_MODULE", None)
+        command = [sys.executable, "-m", "pytest", "-p", "outcomes", "-p", "no:cacheprovider"]
+        command += [f"--basetemp={tmp}/basetemp", *args]
+        done = subprocess.run(
+            command,
+            cwd=cwd,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        if not outcomes.exists():
+            raise RuntimeError(f"{' '.join(command)} in {cwd} wrote no outcomes:\n{done.stderr}")
+        result: dict[str, str] = json.loads(outcomes.read_text(encoding="utf-8"))
+    return result, done.stdout
+
+
 def run(tree: Path, suite: str, adopted: bool) -> dict[str, str]:
     """Run ``suite`` of the Flask tree once; return each test's outcome."""
     where, args = SUITES[suite]
     cwd = tree / where
     plugins = ["-p", "flask_init_app"] if adopted else ["-p", "no:cleanup_middleware"]
-    with tempfile.TemporaryDirectory() as tmp:
-        outcomes = Path(tmp) / "outcomes.json"
-        env = dict(os.environ, ADOPTION_OUTCOMES=str(outcomes))
-        # The tutorial's package is imported from its directory, as its README's editable
-        # install does; the shim and the outcome plugin from here.
-        env["PYTHONPATH"] = os.pathsep.join([str(cwd), str(HERE)])
-        env.pop("PYTEST_ADDOPTS", None)
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-        command += ["-p", "outcomes", *plugins, f"--basetemp={tmp}/basetemp", *args]
-        subprocess.run(command, cwd=cwd, env=env, capture_output=True, timeout=TIMEOUT, check=False)
-        if not outcomes.exists():
-            raise RuntimeError(f"{' '.join(command)} in {cwd} wrote no outcomes")
-        result: dict[str, str] = json.loads(outcomes.read_text(encoding="utf-8"))
-    return result
+    # The tutorial's package is imported from its directory, as its README's editable install
+    # does.
+    outcomes, _ = run_pytest(cwd, [*plugins, *args], [cwd])
+    return outcomes
 
 
 def summary(outcomes: dict[str, str]) -> str:
