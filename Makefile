@@ -37,7 +37,7 @@ demo: $(DEMO_STAMP)
 # The core tests once more on the pure-Python base of ResponseCleanup (the first run has the C
 # base, where it built: see docs/performance.md).
 CORE_TESTS := tests/test_semantics.py tests/test_hardening.py tests/test_bodies.py \
-	tests/test_properties.py tests/test_leaks.py
+	tests/test_properties.py tests/test_leaks.py tests/test_observers.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not servers"
@@ -64,9 +64,10 @@ test-servers: $(SERVERS_STAMP) $(APACHE_VENV)/.installed $(EVENTLET_VENV)/.insta
 	$(BIN)/python -m pytest -s -m servers tests/test_server_sendfile.py
 	$(BIN)/python -m pytest tests/test_fault_matrix.py
 
-# The suite on every claimed Python from the wheel, and on the declared floors: see noxfile.py.
+# The suite on every claimed Python from the wheel, on the declared floors, and Flask's own suite
+# adopted: see noxfile.py.
 test-matrix: $(STAMP)
-	$(BIN)/nox --sessions tests floors
+	$(BIN)/nox --sessions tests floors flask_suite
 
 # The sdist and the wheel, built into dist/ and checked (noxfile.py, session dist).
 dist: $(STAMP)

@@ -10,6 +10,9 @@ project installed editable. A user has none of that, so ``make test-matrix`` run
 * ``floors-3.X``: the same on the lowest and the highest claimed Python with every dependency
   at the lowest version that ``pyproject.toml`` allows, resolved from the file itself by uv
   (``--resolution lowest-direct``), so the declared floors are what is tested.
+* ``flask_suite``: Flask's own test suite, from its sdist at a pinned version, run without the
+  library and adopted (``init_app`` on every app, the pytest plugin active): every test must
+  have the same outcome (``tests/adoption/suite.py``).
 
 ``make dist`` runs ``dist``: it builds the sdist and, from it, the wheel, and fails on a warning
 from the build backend, on ``twine check --strict``, when an archive lacks the licence file, the
@@ -34,7 +37,7 @@ import nox
 
 nox.needs_version = ">=2025.5.1"
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["tests", "floors"]
+nox.options.sessions = ["tests", "floors", "flask_suite"]
 nox.options.error_on_missing_interpreters = True
 # The interpreters to test are the machine's; a download would hide a missing one.
 nox.options.download_python = "never"
@@ -66,6 +69,7 @@ CORE_TESTS = [
     "test_bodies.py",
     "test_properties.py",
     "test_leaks.py",
+    "test_observers.py",
 ]
 
 # What may not appear in the build's output: a warning of the backend (build prints them as
@@ -165,6 +169,18 @@ def floors(session: nox.Session) -> None:
     )
     session.install("--no-deps", str(_wheel(session)))
     _pytest(session)
+
+
+@nox.session(python=PYTHONS[-1])
+def flask_suite(session: nox.Session) -> None:
+    """Flask's own test suite without and with the library adopted: the same outcomes."""
+    # The Flask of suite.py's FLASK_VERSION (it checks) and its test dependencies: pytest before
+    # 9, which removed what Flask 3.1.3's test_cli imports (_pytest.monkeypatch.notset); pip,
+    # which downloads the sdist.
+    session.install(f"{_wheel(session)}[flask]", "flask==3.1.3", "pytest<9", "python-dotenv")
+    session.install("asgiref", "greenlet", "pip")
+    script = ROOT / "tests" / "adoption" / "suite.py"
+    session.run("python", str(script), "flask", str(ROOT / ".adoption-cache"))
 
 
 @nox.session

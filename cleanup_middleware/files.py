@@ -16,14 +16,11 @@ A file-like body that the server would iterate (an open file returned whole, whe
 has no file wrapper or does not recognise it) is iterated in bounded blocks, not by lines: a
 binary file can be one long line. A text file is iterated as the server would without the
 middleware: blocks of it would end on ``b""``, which it never reads.
-<<<<<<< HEAD
 
 waitress sends a file body from its one I/O thread, an asyncore loop, and closes it there when
 the file is sent or the client has gone: while a hook ran there, no other connection was served.
 :class:`OffLoopClose` closes the body there at once and hands the hooks to waitress's task
 threads, where the hooks of its other responses run.
-=======
->>>>>>> ops-shutdown
 """
 
 from __future__ import annotations

@@ -10,12 +10,17 @@ An application may set ``app.response_class`` after :func:`init_app` (an extensi
 that configures it later), which would drop ``call_on_close`` for ``send_file`` again; so the
 class is checked as each request starts, and a new one gets the mixin then (one ``issubclass``
 test per request otherwise). Flask converts every response a view returns to that class.
+
+What :func:`init_app` sets on the app refers to the app only weakly: a strong reference would
+make a reference cycle, and an app that test suites make per test would then live on until the
+garbage collector ran (Flask tests that an app is freed when its last reference goes).
 """
 
 from __future__ import annotations
 
-import functools
+import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._extras import missing_extra
@@ -36,7 +41,7 @@ from .response import CleanupResponseMixin
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .cleanup import ResponseCleanup
 
@@ -66,12 +71,10 @@ def init_app(app: Flask, **options: Any) -> Flask:
     _mix_into_response_class(app)
     if not isinstance(app.wsgi_app, CleanupMiddleware):
         app.wsgi_app = CleanupMiddleware(  # type: ignore[method-assign]
-            _MixingResponseClass(app, app.wsgi_app), **options
+            _MixingResponseClass(app), **options
         )
-    if not hasattr(app.handle_user_exception, "records_failures"):
-        app.handle_user_exception = _recording_failures(  # type: ignore[method-assign,assignment]
-            app.handle_user_exception
-        )
+    if not isinstance(app.handle_user_exception, _RecordingFailures):
+        app.handle_user_exception = _RecordingFailures(app)  # type: ignore[method-assign,assignment]
     # Errors outside the view (after_request functions, say) reach Flask's handle_exception.
     got_request_exception.connect(_record_failure, app)
     return app
@@ -82,21 +85,47 @@ def _mix_into_response_class(app: Flask) -> None:
         app.response_class = _with_cleanup(app.response_class)
 
 
+def _weak_method(app: Flask, name: str) -> tuple[weakref.ref[Flask], Callable[..., Any]]:
+    """A weak reference to ``app`` and what to call with the app to run ``app.<name>``.
+
+    For the app's own method, its function; for anything set on the app before (a middleware
+    in ``app.wsgi_app``), that object, called without the app: it holds what it held before.
+    """
+    method = getattr(app, name)
+    if getattr(method, "__self__", None) is app:
+        function: Callable[..., Any] = method.__func__
+    else:
+        function = partial(_without_app, method)
+    return weakref.ref(app), function
+
+
+def _without_app(method: Callable[..., Any], app: Flask, *args: Any) -> Any:
+    return method(*args)
+
+
+def _freed(call: str) -> RuntimeError:
+    return RuntimeError(
+        f"{call} was called after its Flask app was freed: init_app() holds the app weakly; "
+        "serve the app object itself, or keep a reference to it"
+    )
+
+
 class _MixingResponseClass:
     """Flask's ``wsgi_app``, run once ``app.response_class`` has the mixin, whenever it was set."""
 
-    __slots__ = ("flask_app", "wsgi_app")
+    __slots__ = ("app_ref", "wsgi_app")
 
-    def __init__(self, flask_app: Flask, wsgi_app: WSGIApplication) -> None:
-        self.flask_app = flask_app
-        self.wsgi_app = wsgi_app
+    def __init__(self, flask_app: Flask) -> None:
+        self.app_ref, self.wsgi_app = _weak_method(flask_app, "wsgi_app")
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # _mix_into_response_class(), inlined: this runs for every request.
-        app = self.flask_app
+        app = self.app_ref()
+        if app is None:
+            raise _freed("app.wsgi_app")
         if not issubclass(app.response_class, CleanupResponseMixin):
             app.response_class = _with_cleanup(app.response_class)
-        return self.wsgi_app(environ, start_response)
+        return self.wsgi_app(app, environ, start_response)  # type: ignore[no-any-return]
 
 
 # One mixed class per response class, made when first needed.
@@ -114,23 +143,25 @@ def _with_cleanup(base: type[_R]) -> type[_R]:
     return mixed  # type: ignore[return-value]
 
 
-def _recording_failures(
-    handle_user_exception: Callable[[Exception], Any],
-) -> Callable[[Exception], Any]:
-    """Wrap ``Flask.handle_user_exception``, which every exception escaping a view passes.
+class _RecordingFailures:
+    """``Flask.handle_user_exception``, which every exception escaping a view passes, recording.
 
     An error handler may turn the exception into a response; the request failed all the same,
     as Django's ``ATOMIC_REQUESTS`` counts it. Raised ``HTTPException`` errors (``abort(404)``)
     count too: they were raised, not returned.
     """
 
-    @functools.wraps(handle_user_exception)
-    def handle_and_record(exception: Exception) -> Any:
-        _record_failure(None, exception)
-        return handle_user_exception(exception)
+    __slots__ = ("app_ref", "handle_user_exception")
 
-    handle_and_record.records_failures = True  # type: ignore[attr-defined]
-    return handle_and_record
+    def __init__(self, flask_app: Flask) -> None:
+        self.app_ref, self.handle_user_exception = _weak_method(flask_app, "handle_user_exception")
+
+    def __call__(self, exception: Exception) -> Any:
+        app = self.app_ref()
+        if app is None:
+            raise _freed("app.handle_user_exception")
+        _record_failure(None, exception)
+        return self.handle_user_exception(app, exception)
 
 
 def _record_failure(sender: object, exception: BaseException, **extra: Any) -> None:

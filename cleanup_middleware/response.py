@@ -57,9 +57,12 @@ class CleanupResponseMixin:
             body = response.response  # type: ignore[assignment]
         else:
             body = response.iter_encoded()
-        # Raises, naming the middleware, when a passthrough response's application is not
-        # wrapped.
-        add_cleanup(environ, response.close)
+        # Response.close() closes response.response and calls the callbacks: with neither (a
+        # list body and no call_on_close, the common case), there is nothing to register.
+        if getattr(response, "_on_close", True) or hasattr(response.response, "close"):
+            # Raises, naming the middleware, when a passthrough response's application is not
+            # wrapped.
+            add_cleanup(environ, response.close)
         return body
 
 

@@ -8,6 +8,10 @@ import pytest
 
 from cleanup_middleware import cleanup
 
+# Other projects' tests and settings (a Django project's conftest.py sets Django up): run by
+# tests/test_django.py and tests/adoption/suite.py in pytest runs of their own, never here.
+collect_ignore = ["adoption"]
+
 
 def pytest_report_header() -> str:
     # Which ResponseCleanup base the run tests (make test runs the core tests on both).

@@ -19,6 +19,7 @@ import re
 import subprocess
 import tempfile
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from wsgiref.util import FileWrapper
@@ -177,18 +178,23 @@ SHARED = ".." + "/shared"
 CLIMBING_PATH = re.compile(r"(?:\.\./)+[\w][\w./-]*")
 
 
-def test_no_tracked_file_points_outside_the_repository() -> None:
-    # Users have the repository only: whatever a file names must be in it.
+def tracked_texts() -> Iterator[tuple[str, Path, str]]:
+    """The name, path and text of each file git tracks that is UTF-8 text."""
     tracked = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    outside = []
     for name in tracked:
         path = ROOT / name
         try:
-            text = path.read_text(encoding="utf-8")
+            yield name, path, path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, FileNotFoundError):
             continue
+
+
+def test_no_tracked_file_points_outside_the_repository() -> None:
+    # Users have the repository only: whatever a file names must be in it.
+    outside = []
+    for name, path, text in tracked_texts():
         for number, line in enumerate(text.splitlines(), 1):
             for target in CLIMBING_PATH.findall(line):
                 resolved = (path.parent / target.rstrip(".")).resolve()
@@ -197,6 +203,12 @@ def test_no_tracked_file_points_outside_the_repository() -> None:
                 if not in_a_test and not (resolved.is_relative_to(ROOT) and resolved.exists()):
                     outside.append(f"{name}:{number}: {target}")
     assert outside == []
+
+
+def test_no_tracked_file_holds_a_merge_conflict() -> None:
+    # In a docstring or a Markdown page, conflict markers pass every other check.
+    marker = re.compile(r"^(<{7}|>{7}|={7})( |$)", re.MULTILINE)
+    assert [name for name, _, text in tracked_texts() if marker.search(text)] == []
 
 
 def test_marked_blocks_are_found() -> None:

@@ -287,3 +287,30 @@ def test_a_failing_call_on_close_callback_is_logged_and_the_hooks_still_run(
     assert record.getMessage() == (
         "cleanup hook werkzeug.wrappers.response.Response.close failed for GET /plain"
     )
+
+
+def test_a_middleware_set_before_init_app_still_runs(tmp_path: Path) -> None:
+    app = Flask(__name__)
+    seen: list[str] = []
+
+    def outer(wsgi_app: Any) -> Any:
+        def middleware(environ: dict[str, Any], start_response: Any) -> Any:
+            seen.append(environ["PATH_INFO"])
+            return wsgi_app(environ, start_response)
+
+        return middleware
+
+    app.wsgi_app = outer(app.wsgi_app)  # type: ignore[method-assign]
+    cleanup_middleware.flask.init_app(app)
+    app.get("/")(lambda: "ok")
+    _, data = serve(app, environ_for("/"))
+    assert data == b"ok" and seen == ["/"]
+
+
+def test_wsgi_app_kept_after_its_app_was_freed_says_so() -> None:
+    app = Flask(__name__)
+    cleanup_middleware.flask.init_app(app)
+    wsgi_app = app.wsgi_app
+    del app
+    with pytest.raises(RuntimeError, match=r"app\.wsgi_app was called after its Flask app was"):
+        wsgi_app(environ_for("/"), lambda status, headers, exc_info=None: None)

@@ -7,6 +7,8 @@ ROOT_URLCONF = "django_download.urls"
 # What `manage.py runserver` serves: the wrapped application of wsgi.py.
 WSGI_APPLICATION = "django_download.wsgi.application"
 INSTALLED_APPS: list[str] = []
-MIDDLEWARE: list[str] = []
+# First, so that requests that bypass wsgi.py (the test Client, runserver serving another
+# application) get hooks too; requests through wsgi.py's wrapper are left to it.
+MIDDLEWARE = ["cleanup_middleware.django.CleanupMiddleware"]
 DATABASES: dict[str, dict[str, str]] = {}
 USE_TZ = True
