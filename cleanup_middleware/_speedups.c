@@ -141,8 +141,14 @@ CleanupBase_dealloc(CleanupBase *self)
         return;  /* resurrected */
     }
     PyObject_GC_UnTrack(self);
+    /* Freeing a member may free another such object, and so on down a chain (through _body, a
+     * million deep, say): the trashcan defers the deep ones instead of overflowing the C stack,
+     * as CPython's own containers do. For a subclass, subtype_dealloc has its own and this one
+     * stands aside. */
+    Py_TRASHCAN_BEGIN(self, CleanupBase_dealloc)
     CleanupBase_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
+    Py_TRASHCAN_END
 }
 
 /* add_cleanup's fallback (the Python function, which handles every case but the common one
