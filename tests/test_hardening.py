@@ -9,6 +9,8 @@ from __future__ import annotations
 import gc
 import io
 import logging
+import os
+import subprocess
 import sys
 import threading
 import warnings
@@ -328,6 +330,45 @@ def test_the_resource_warning_escapes_the_path(fresh_rate_limit: None) -> None:
         gc.collect()
     [warning] = [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert str(warning.message).startswith("the response to GET /a\\x0aCRITICAL forged was")
+
+
+# A response still open when the interpreter exits: the collector reclaims it during shutdown.
+OPEN_AT_EXIT = """
+import logging
+from cleanup_middleware import CleanupMiddleware, add_cleanup
+
+logging.basicConfig(format="%(levelname)s %(name)s %(message)s")
+
+def app(environ, start_response):
+    add_cleanup(environ, print, "hook ran")
+    start_response("200 OK", [])
+    return [b"x"]
+
+# A UTF-8 path to decode, and a method with a character to escape.
+environ = {"REQUEST_METHOD": "GET\u2028", "PATH_INFO": "/caf\xc3\xa9\\n"}
+body = CleanupMiddleware(app)(environ, lambda status, headers: None)
+"""
+
+
+def test_the_gc_net_reports_a_response_left_open_at_exit_and_never_raises() -> None:
+    # python -X dev looks up every codec named to str.encode() and bytes.decode(), and at
+    # shutdown the codec registry is gone: a report that names one fails with LookupError
+    # (issue 18, item 10). The subprocess inherits the base of this run.
+    result = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", OPEN_AT_EXIT],
+        capture_output=True,
+        encoding="utf-8",
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hook ran\n"
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
+    described = "GET\\u2028 /caf\u00e9\\x0a"
+    logged, warned = (line for line in result.stderr.splitlines() if " was never closed" in line)
+    assert logged.startswith(f"WARNING cleanup_middleware the response to {described} was never")
+    assert f"ResourceWarning: the response to {described} was never closed" in warned
 
 
 # -- registrations that race close() ----------------------------------------------------------
