@@ -33,6 +33,7 @@ __all__ = [
     "log_unpatchable",
     "logger",
     "not_callable",
+    "not_picklable",
     "not_wrapped",
     "printable",
     "report_abandoned",
@@ -211,6 +212,15 @@ def not_callable(call: str, purpose: str, fn: object) -> TypeError:
     return TypeError(
         f"{call}() needs a callable {purpose}, got a {type(fn).__name__} object; pass the "
         "function itself, not its result"
+    )
+
+
+def not_picklable(cleanup: object, key: str) -> TypeError:
+    """The error of pickling a request's cleanup, ``environ[key]``."""
+    return TypeError(
+        f"cannot pickle a {type(cleanup).__name__} (environ[{key!r}]): it runs the cleanup "
+        "hooks of one request, in this process; pickle the environ without that key "
+        "(copy.copy() and copy.deepcopy() keep the request's own)"
     )
 
 

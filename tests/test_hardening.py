@@ -6,10 +6,12 @@ In-process, with the server-style loop of test_semantics.py; each test is named 
 
 from __future__ import annotations
 
+import copy
 import gc
 import io
 import logging
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -207,6 +209,52 @@ def test_a_body_close_error_reaches_the_context_manager_through_an_environ_copy(
     with pytest.raises(OSError, match="flush failed"):
         serve(CleanupMiddleware(copying_environ(app)))
     assert cm.exits == [OSError]
+
+
+def without_streams(environ: dict[str, Any]) -> dict[str, Any]:
+    """The environ's keys that copy.deepcopy() and pickle can take (not wsgi.input/errors)."""
+    return {k: v for k, v in environ.items() if k not in ("wsgi.input", "wsgi.errors")}
+
+
+@pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy])
+def test_a_copy_of_the_environ_keeps_the_requests_cleanup_and_never_runs_a_hook(
+    copier: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    # A deep copy made a live second cleanup on the pure base, whose GC net ran the request's
+    # hooks before the real close; on the C base it raised TypeError (issue 18, item 7).
+    ran: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, ran.append, "registered on the request")
+        copied = copier(without_streams(environ))
+        assert copied[ENVIRON_KEY] is environ[ENVIRON_KEY]
+        assert copier(environ[ENVIRON_KEY]) is environ[ENVIRON_KEY]
+        add_cleanup(copied, ran.append, "registered through the copy")
+        del copied
+        gc.collect()
+        assert ran == []
+        return hello(environ, start_response)
+
+    serve(CleanupMiddleware(app))
+    assert ran == ["registered through the copy", "registered on the request"]
+
+
+def test_pickling_the_environ_is_refused_with_a_type_error_naming_the_key() -> None:
+    refused: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+            with pytest.raises(TypeError) as raised:
+                pickle.dumps(without_streams(environ), protocol)
+            refused.append(str(raised.value))
+        return hello(environ, start_response)
+
+    serve(CleanupMiddleware(app))
+    assert set(refused) == {
+        "cannot pickle a ResponseCleanup (environ['cleanup_middleware.cleanup']): it runs the "
+        "cleanup hooks of one request, in this process; pickle the environ without that key "
+        "(copy.copy() and copy.deepcopy() keep the request's own)"
+    }
 
 
 def abandon(app: Any, **environ: Any) -> None:

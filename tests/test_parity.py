@@ -9,9 +9,11 @@ half skips where the extension is not built or not used.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,10 @@ NO_C_BASE = (
     if cleanup._GIL_DISABLED
     else None
 )
+
+
+# What a user can see, case by case: tests/apps/parity_cases.py prints it as JSON.
+PARITY_CASES = Path(__file__).parent / "apps" / "parity_cases.py"
 
 
 def run_on(base: str, code: str) -> str:
@@ -70,3 +76,18 @@ for cls in (cleanup.ResponseCleanup.__mro__[1], cleanup.ResponseCleanup):
     )
     base_class = "ResponseCleanupBase" if base == "C" else "_PythonResponseCleanupBase"
     assert output.split("\n") == [f"freed {base_class}", "freed ResponseCleanup", ""]
+
+
+def test_what_a_user_sees_of_a_response_is_the_same_on_both_bases() -> None:
+    # Copies, pickling, the errors of misuse, the garbage-collection net's report, and more:
+    # the pure base made a live copy where the C base raised TypeError, for one (issue 21).
+    run_cases = (
+        f"import runpy, sys\nsys.path.insert(0, {str(PARITY_CASES.parent)!r})\n"
+        f"runpy.run_path({str(PARITY_CASES)!r}, run_name='__main__')\n"
+    )
+    c_base, pure = (json.loads(run_on(base, run_cases)) for base in BASES)
+    assert list(c_base) == list(pure)
+    assert {case: (c_base[case], pure[case]) for case in c_base if c_base[case] != pure[case]} == {}
+    # Both are right, not only the same (the rules themselves are tested in test_hardening.py).
+    assert pure["a request"] == "['through a deep copy', 'hook']"
+    assert pure["hooks run when the deep copy is collected"] == "[]"
