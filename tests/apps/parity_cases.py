@@ -89,27 +89,31 @@ outcome("add_cleanup(environ={}, fn=print)", lambda: add_cleanup(environ={}, fn=
 outcome("iter(ResponseCleanup())", lambda: iter(ResponseCleanup()))
 outcome("ResponseCleanup(1)", lambda: ResponseCleanup(1))  # type: ignore[call-arg]
 
-# The garbage-collection net: a response nobody closed.
-ran.clear()
-with quiet_cleanup_logger() as records, warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
+
+def abandoned() -> list[str]:
+    """The hooks the garbage-collection net ran for a response nobody closed."""
+    ran.clear()
     request(app, close=False)
     gc.collect()
+    return list(ran)
+
+
+with quiet_cleanup_logger() as records, warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    hooks = abandoned()
 outcomes["the GC net: hooks, log, warnings"] = [
-    list(ran),
+    hooks,
     [f"{r.levelname} {r.getMessage()}" for r in records],
     [f"{w.category.__name__} {w.filename.rpartition('/')[2]}: {w.message}" for w in caught],
 ]
 # Under python -W error the warning is an error: raised once the hooks ran, and reported. (The
 # object the report names is what finalised the response: the response itself on the C base,
 # the pure base's __del__ method on the other; so it is left out.)
-ran.clear()
 with collect_unraisable() as unraisable, warnings.catch_warnings():
     warnings.simplefilter("error")
-    request(app, close=False)
-    gc.collect()
+    hooks = abandoned()
 outcomes["the GC net under -W error: hooks, what is reported"] = [
-    list(ran),
+    hooks,
     [f"{type(u.exc_value).__name__}: {u.exc_value}" for u in unraisable],
 ]
 
