@@ -141,16 +141,24 @@ CleanupBase_dealloc(CleanupBase *self)
         return;  /* resurrected */
     }
     PyObject_GC_UnTrack(self);
+    /* Freeing a member may free another such object, and so on down a chain (through _body, a
+     * million deep, say): the trashcan defers the deep ones instead of overflowing the C stack,
+     * as CPython's own containers do. For a subclass, subtype_dealloc has its own and this one
+     * stands aside. */
+    Py_TRASHCAN_BEGIN(self, CleanupBase_dealloc)
     CleanupBase_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
+    Py_TRASHCAN_END
 }
 
 /* add_cleanup's fallback (the Python function, which handles every case but the common one
  * and raises its errors), the environ key, and functools.partial: set by setup_add_cleanup(),
  * for the interpreter that called it first. A module of single-phase initialisation is shared
  * by the sub-interpreters of a process (mod_wsgi's application groups), whose objects must not
- * be mixed: the others keep the Python add_cleanup. */
-static PyInterpreterState *owner;
+ * be mixed: the others keep the Python add_cleanup. The owner is known by its ID, which is
+ * never reused in a process, not by its address, which a later interpreter may get once the
+ * owner is gone (it would then take the dead owner's objects for its own). */
+static int64_t owner = -1;
 static PyObject *python_add_cleanup;
 static PyObject *environ_key;
 static PyObject *partial_type;
@@ -167,7 +175,7 @@ static PyObject *
 add_cleanup(PyObject *Py_UNUSED(module), PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (owner != PyInterpreterState_Get()) {
+    if (owner != PyInterpreterState_GetID(PyInterpreterState_Get())) {
         PyErr_SetString(PyExc_RuntimeError,
                         "_speedups.add_cleanup() belongs to another interpreter; "
                         "use cleanup_middleware.add_cleanup");
@@ -216,11 +224,15 @@ setup_add_cleanup(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_TypeError, "setup_add_cleanup(python_add_cleanup, key, partial)");
         return NULL;
     }
-    if (owner != NULL) {
-        /* Another interpreter's, or this one's again (a reload): keep the first. */
-        return Py_NewRef(owner == PyInterpreterState_Get() ? Py_True : Py_False);
+    int64_t caller = PyInterpreterState_GetID(PyInterpreterState_Get());
+    if (caller < 0) {
+        return NULL;
     }
-    owner = PyInterpreterState_Get();
+    if (owner >= 0) {
+        /* Another interpreter's, or this one's again (a reload): keep the first. */
+        return Py_NewRef(owner == caller ? Py_True : Py_False);
+    }
+    owner = caller;
     python_add_cleanup = Py_NewRef(args[0]);
     environ_key = Py_NewRef(args[1]);
     partial_type = Py_NewRef(args[2]);

@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager
 from functools import partial
 from time import perf_counter
 from types import GeneratorType, TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, SupportsIndex, TypeVar
 
 from .reporting import (
     StandIn,
@@ -37,6 +37,7 @@ from .reporting import (
     log_unpatchable,
     logger,
     not_callable,
+    not_picklable,
     not_wrapped,
     report_abandoned,
 )
@@ -425,6 +426,18 @@ class ResponseCleanup(_ResponseCleanupBase):
         failure = self.failure
         if failure is None or failure is _UNKNOWN:
             self._failure = exc
+
+    def __copy__(self) -> ResponseCleanup:
+        # The one registry of one request: a copy of the environ (shallow or deep) keeps it, so
+        # what is registered through the copy runs at the request's close, and a copy never
+        # runs a hook of its own, on either base.
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> ResponseCleanup:
+        return self
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise not_picklable(self, ENVIRON_KEY)
 
     def _withdraw(self, hooks: list[_Hook], hook: _Hook, call: str) -> None:
         """Take back ``hook``, appended to ``hooks`` as :meth:`close` replaced them, and raise.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from types import MethodType
@@ -55,8 +56,11 @@ BLOCK_SIZE = 64 * 1024
 #: dispatcher that runs requests on waitress's task threads.
 WAITRESS_CHANNEL_KEY = "waitress.client_disconnected"
 
-# Each server's wsgi.file_wrapper, once seen: does it need the substitute?
-_verdicts: dict[object, bool] = {}
+# The file wrappers seen to return the file they were given (uWSGI's function), which need no
+# substitute: by id(), each held weakly and forgotten when it dies. A server or an outer
+# middleware may put a new callable in each request's environ (a bound method of its connection,
+# a partial): none is kept alive, and the table does not grow with requests.
+_returns_the_file: dict[int, weakref.ref[Any]] = {}
 
 
 def needs_substitute(file_wrapper: object) -> bool:
@@ -64,16 +68,21 @@ def needs_substitute(file_wrapper: object) -> bool:
 
     A Python class whose instances have a ``__dict__`` takes one (no cost); a C type, a class
     with ``__slots__`` or a function gets the substitute, until a function is seen to return the
-    file it was given. The verdict is kept per wrapper, so each server is looked at once.
+    file it was given (then it is remembered for as long as it lives).
     """
-    try:
-        return _verdicts[file_wrapper]
-    except KeyError:
-        verdict = not (isinstance(file_wrapper, type) and file_wrapper.__dictoffset__ != 0)
-        _verdicts[file_wrapper] = verdict
-        return verdict
-    except TypeError:  # unhashable: never seen by a real server, decided every time
-        return not (isinstance(file_wrapper, type) and file_wrapper.__dictoffset__ != 0)
+    seen = _returns_the_file.get(id(file_wrapper))
+    if seen is not None and seen() is file_wrapper:
+        return False
+    return not (isinstance(file_wrapper, type) and file_wrapper.__dictoffset__ != 0)
+
+
+def _returns_the_file_given(file_wrapper: object) -> None:
+    """Remember that ``file_wrapper`` returns the file itself, for as long as it lives."""
+    key, table = id(file_wrapper), _returns_the_file
+    # A wrapper without weak references is judged again next time. The callback holds the
+    # table, not the global: a wrapper may die at interpreter shutdown, after the globals.
+    with contextlib.suppress(TypeError):
+        table[key] = weakref.ref(file_wrapper, lambda _: table.pop(key, None))
 
 
 def _no_close() -> None:
@@ -132,7 +141,7 @@ class FileWrapperSubstitute:
             # A wrapper that returns the file itself (uWSGI) recognises it by identity: the
             # file's own close can be pointed at the cleanup, as for a Python class, so later
             # requests need no substitute.
-            _verdicts[self.file_wrapper] = False
+            _returns_the_file_given(self.file_wrapper)
         self.made, self.proxy = made, proxy
         return made
 

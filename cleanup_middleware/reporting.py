@@ -34,6 +34,7 @@ __all__ = [
     "logger",
     "method_and_path",
     "not_callable",
+    "not_picklable",
     "not_wrapped",
     "printable",
     "report_abandoned",
@@ -64,17 +65,29 @@ def printable(value: object, limit: int) -> str:
     """``value``, taken from the request, made safe for one log line: escaped and bounded.
 
     WSGI strings are bytes decoded as latin-1; UTF-8 is shown as such when the bytes are UTF-8.
+    No codec is named: under ``python -X dev`` naming one looks it up, and at interpreter
+    shutdown the registry is gone (``LookupError``), while the garbage-collection net may still
+    report.
     """
     if not isinstance(value, str):
         return f"<{type(value).__name__}>"
-    with suppress(UnicodeError):
-        value = value.encode("latin-1").decode("utf-8")
+    # The latin-1 bytes (ValueError past U+00FF), decoded as UTF-8 (UnicodeDecodeError if not).
+    with suppress(ValueError):
+        value = bytes(map(ord, value)).decode()
     text = value.translate(_ESCAPES)
     if not text.isprintable():
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+        text = "".join(c if c.isprintable() else _escape(c) for c in text)
     if len(text) > limit:
         text = f"{text[:limit]}...({len(text) - limit} more)"
     return text
+
+
+def _escape(character: str) -> str:
+    """``character`` as a Python escape, as the ``unicode_escape`` codec writes it."""
+    code = ord(character)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def describe_request(environ: WSGIEnvironment) -> str:
@@ -210,6 +223,15 @@ def not_callable(call: str, purpose: str, fn: object) -> TypeError:
     return TypeError(
         f"{call}() needs a callable {purpose}, got a {type(fn).__name__} object; pass the "
         "function itself, not its result"
+    )
+
+
+def not_picklable(cleanup: object, key: str) -> TypeError:
+    """The error of pickling a request's cleanup, ``environ[key]``."""
+    return TypeError(
+        f"cannot pickle a {type(cleanup).__name__} (environ[{key!r}]): it runs the cleanup "
+        "hooks of one request, in this process; pickle the environ without that key "
+        "(copy.copy() and copy.deepcopy() keep the request's own)"
     )
 
 

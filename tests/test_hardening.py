@@ -6,9 +6,13 @@ In-process, with the server-style loop of test_semantics.py; each test is named 
 
 from __future__ import annotations
 
+import copy
 import gc
 import io
 import logging
+import os
+import pickle
+import subprocess
 import sys
 import threading
 import warnings
@@ -207,6 +211,52 @@ def test_a_body_close_error_reaches_the_context_manager_through_an_environ_copy(
     assert cm.exits == [OSError]
 
 
+def without_streams(environ: dict[str, Any]) -> dict[str, Any]:
+    """The environ's keys that copy.deepcopy() and pickle can take (not wsgi.input/errors)."""
+    return {k: v for k, v in environ.items() if k not in ("wsgi.input", "wsgi.errors")}
+
+
+@pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy])
+def test_a_copy_of_the_environ_keeps_the_requests_cleanup_and_never_runs_a_hook(
+    copier: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    # A deep copy made a live second cleanup on the pure base, whose GC net ran the request's
+    # hooks before the real close; on the C base it raised TypeError (issue 18, item 7).
+    ran: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, ran.append, "registered on the request")
+        copied = copier(without_streams(environ))
+        assert copied[ENVIRON_KEY] is environ[ENVIRON_KEY]
+        assert copier(environ[ENVIRON_KEY]) is environ[ENVIRON_KEY]
+        add_cleanup(copied, ran.append, "registered through the copy")
+        del copied
+        gc.collect()
+        assert ran == []
+        return hello(environ, start_response)
+
+    serve(CleanupMiddleware(app))
+    assert ran == ["registered through the copy", "registered on the request"]
+
+
+def test_pickling_the_environ_is_refused_with_a_type_error_naming_the_key() -> None:
+    refused: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+            with pytest.raises(TypeError) as raised:
+                pickle.dumps(without_streams(environ), protocol)
+            refused.append(str(raised.value))
+        return hello(environ, start_response)
+
+    serve(CleanupMiddleware(app))
+    assert set(refused) == {
+        "cannot pickle a ResponseCleanup (environ['cleanup_middleware.cleanup']): it runs the "
+        "cleanup hooks of one request, in this process; pickle the environ without that key "
+        "(copy.copy() and copy.deepcopy() keep the request's own)"
+    }
+
+
 def abandon(app: Any, **environ: Any) -> None:
     """Start a response and drop it unclosed, as a server that never calls close() does."""
     body = app(make_environ(**environ), start_response)
@@ -328,6 +378,45 @@ def test_the_resource_warning_escapes_the_path(fresh_rate_limit: None) -> None:
         gc.collect()
     [warning] = [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert str(warning.message).startswith("the response to GET /a\\x0aCRITICAL forged was")
+
+
+# A response still open when the interpreter exits: the collector reclaims it during shutdown.
+OPEN_AT_EXIT = """
+import logging
+from cleanup_middleware import CleanupMiddleware, add_cleanup
+
+logging.basicConfig(format="%(levelname)s %(name)s %(message)s")
+
+def app(environ, start_response):
+    add_cleanup(environ, print, "hook ran")
+    start_response("200 OK", [])
+    return [b"x"]
+
+# A UTF-8 path to decode, and a method with a character to escape.
+environ = {"REQUEST_METHOD": "GET\u2028", "PATH_INFO": "/caf\xc3\xa9\\n"}
+body = CleanupMiddleware(app)(environ, lambda status, headers: None)
+"""
+
+
+def test_the_gc_net_reports_a_response_left_open_at_exit_and_never_raises() -> None:
+    # python -X dev looks up every codec named to str.encode() and bytes.decode(), and at
+    # shutdown the codec registry is gone: a report that names one fails with LookupError
+    # (issue 18, item 10). The subprocess inherits the base of this run.
+    result = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", OPEN_AT_EXIT],
+        capture_output=True,
+        encoding="utf-8",
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hook ran\n"
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
+    described = "GET\\u2028 /caf\u00e9\\x0a"
+    logged, warned = (line for line in result.stderr.splitlines() if " was never closed" in line)
+    assert logged.startswith(f"WARNING cleanup_middleware the response to {described} was never")
+    assert f"ResourceWarning: the response to {described} was never closed" in warned
 
 
 # -- registrations that race close() ----------------------------------------------------------

@@ -159,6 +159,37 @@ def test_the_c_base_is_used_when_installed_and_allowed_else_the_python_one(
     assert output.split() == [str(speedups), base_module, str(speedups), base_module]
 
 
+# Defines new_interpreter(), a legacy sub-interpreter (one that shares the process's modules of
+# single-phase initialisation, as mod_wsgi's application groups do); run_in(interpreter, code),
+# which returns what failed there, or None; and run_in_sub_interpreter(code), which does that
+# in a new one and destroys it.
+SUB_INTERPRETERS = """
+try:
+    import _interpreters as interpreters  # Python 3.13
+
+    def new_interpreter():
+        return interpreters.create(interpreters.new_config("legacy"))
+except ImportError:
+    import _xxsubinterpreters as interpreters
+
+    def new_interpreter():
+        try:
+            return interpreters.create(isolated=False)  # Python 3.12
+        except TypeError:
+            return interpreters.create()  # Python 3.10 and 3.11: legacy
+
+def run_in(interpreter, code):
+    return interpreters.run_string(interpreter, code)  # 3.13 returns what failed
+
+def run_in_sub_interpreter(code):
+    interpreter = new_interpreter()
+    try:
+        return run_in(interpreter, code)
+    finally:
+        interpreters.destroy(interpreter)
+"""
+
+
 def test_a_sub_interpreter_keeps_its_own_add_cleanup_and_its_hooks_run() -> None:
     # mod_wsgi runs each application group in a sub-interpreter of one process, and they share
     # a C module of single-phase initialisation: _speedups's add_cleanup keeps the objects of
@@ -172,20 +203,9 @@ def test_a_sub_interpreter_keeps_its_own_add_cleanup_and_its_hooks_run() -> None
     output = run_python(
         f"""
         import cleanup_middleware  # first in the main interpreter
+        {textwrap.indent(SUB_INTERPRETERS, " " * 8).strip()}
 
-        code = {sub_interpreter_code!r}
-        try:
-            import _interpreters as interpreters  # Python 3.13
-            interpreter = interpreters.create(interpreters.new_config("legacy"))
-        except ImportError:
-            import _xxsubinterpreters as interpreters
-            try:
-                interpreter = interpreters.create(isolated=False)  # Python 3.12
-            except TypeError:
-                interpreter = interpreters.create()  # Python 3.10 and 3.11: legacy
-        failure = interpreters.run_string(interpreter, code)  # 3.13 returns what failed
-        interpreters.destroy(interpreter)
-        print(failure)
+        print(run_in_sub_interpreter({sub_interpreter_code!r}))
         from cleanup_middleware import CleanupMiddleware, add_cleanup
         {ONE_REQUEST}
         print(add_cleanup.__module__)
@@ -208,6 +228,49 @@ def test_no_opentelemetry_unless_instrumented() -> None:
         """
     )
     assert output == "[]\n"
+
+
+def test_a_later_sub_interpreter_never_gets_the_add_cleanup_of_one_that_is_gone() -> None:
+    # The package imported in sub-interpreters only, as mod_wsgi's application groups do when
+    # the main interpreter never imports it: the first owns the C add_cleanup. A later one may
+    # be made at the first one's address once that one is destroyed (seen on 3.10 and 3.11,
+    # most often when several are made at once); it must keep the Python function, whose errors
+    # are the documented ones, not the C one bound to the dead interpreter's objects (issue 18,
+    # item 6).
+    count = 8  # made at once after the first is gone: one of them may get its address
+    sub_interpreter_code = (
+        "import ctypes\n"
+        "get_state = ctypes.pythonapi.PyInterpreterState_Get\n"
+        "get_state.restype = ctypes.c_void_p\n"
+        "from cleanup_middleware import CleanupMiddleware, add_cleanup\n"
+        + textwrap.dedent(" " * 8 + ONE_REQUEST)
+        + "\ntry:\n    add_cleanup({}, print)\nexcept Exception as exc:\n"
+        "    print(get_state(), add_cleanup.__module__, type(exc).__name__, exc)\n"
+    )
+    output = run_python(
+        f"""
+        {textwrap.indent(SUB_INTERPRETERS, " " * 8).strip()}
+
+        code = {sub_interpreter_code!r}
+        assert run_in_sub_interpreter(code) is None
+        later = [new_interpreter() for _ in range({count})]
+        for interpreter in later:
+            assert run_in(interpreter, code) is None
+        for interpreter in later:
+            interpreters.destroy(interpreter)
+        """
+    )
+    lines = [line.split(" ", 2) for line in output.splitlines()]
+    first = SPEEDUPS_MODULE if cleanup.SPEEDUPS else "cleanup_middleware.cleanup"
+    assert [module for _, module, _ in lines] == [first] + ["cleanup_middleware.cleanup"] * count
+    assert {error for _, _, error in lines} == {
+        "RuntimeError add_cleanup() needs an environ that passed through CleanupMiddleware, and "
+        "this one did not; wrap the WSGI application: app = CleanupMiddleware(app) (for Flask: "
+        "cleanup_middleware.flask.init_app(app))"
+    }
+    addresses = [address for address, _, _ in lines]
+    if addresses[0] not in addresses[1:]:
+        pytest.skip("no later sub-interpreter was made at the first one's address this time")
 
 
 def test_config_names_are_imported_on_first_use() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import tracemalloc
 import weakref
 from collections.abc import Iterable, Iterator
@@ -22,7 +23,13 @@ from typing import Any
 import pytest
 from apps.fault_inproc import FakeFileWrapper, WeakEnviron, make_environ, start_response
 
-from cleanup_middleware import CleanupMiddleware, ResponseCleanup, add_cleanup, enter_context
+from cleanup_middleware import (
+    CleanupMiddleware,
+    ResponseCleanup,
+    add_cleanup,
+    enter_context,
+    files,
+)
 
 KINDS = ("list", "generator", "file", "context", "raise_before", "raise_mid")
 REQUESTS = 100_000
@@ -240,3 +247,38 @@ def _flask_environ() -> dict[str, Any]:
     from flask import request
 
     return request.environ
+
+
+class Connection:
+    """A server's connection whose bound method is each request's ``wsgi.file_wrapper``."""
+
+    def __init__(self, returns_the_file: bool) -> None:
+        self.returns_the_file = returns_the_file
+
+    def file_wrapper(self, filelike: Any, blksize: int = 8192) -> Any:
+        return filelike if self.returns_the_file else FakeFileWrapper(filelike, blksize)
+
+
+@pytest.mark.parametrize("returns_the_file", [False, True], ids=["wraps", "returns the file"])
+def test_a_file_wrapper_made_per_request_is_not_kept_alive(returns_the_file: bool) -> None:
+    # What the middleware learns of a file wrapper kept a strong reference to each one seen: a
+    # server that makes one per request (a bound method of its connection, a partial) grew it
+    # by an entry and a connection a request (issue 18, item 11).
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"data"))
+
+    middleware = CleanupMiddleware(app)
+    learned = len(files._returns_the_file)
+    connections = []
+    for _ in range(100):
+        connection = Connection(returns_the_file)
+        connections.append(weakref.ref(connection))
+        environ = make_environ(**{"wsgi.file_wrapper": connection.file_wrapper})
+        body = middleware(environ, start_response)
+        assert list(body) == [b"data"]
+        body.close()
+        del connection, environ, body
+    gc.collect()
+    assert [ref for ref in connections if ref() is not None] == []
+    assert len(files._returns_the_file) <= learned

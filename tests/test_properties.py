@@ -14,11 +14,15 @@ after iteration, where something raises, how far the server reads, how often it 
 * a registration racing ``close()`` (landing where close() finds no hooks left, or with
   close() running right before or after its append) either runs once or raises;
 * what ``close()`` raises: a hook's ``KeyboardInterrupt``/``SystemExit`` after every hook ran,
-  else the body's ``close()`` error; an ordinary hook error is only logged.
+  else the body's ``close()`` error; an ordinary hook error is only logged;
+* a copy of the environ (``copy.copy``, or ``copy.deepcopy`` of its keys but the streams)
+  through which the application registers its hooks changes none of the above: the hooks are
+  the request's, and collecting the copy runs none of them.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import warnings
 from dataclasses import dataclass, field
@@ -49,6 +53,8 @@ BODY_KINDS = ("list", "generator", "iterable", "file", "c_file", "text_file", "s
 FILE_KINDS = ("iterable", "file", "c_file", "text_file")  # bodies with a close() of their own
 TEXT_KINDS = ("text_file", "str_generator")
 RACES = ("close sees no hooks", "before append", "after append")
+# How the application copies the environ it registers its hooks through, if it does.
+COPIES = (None, "copy", "deepcopy")
 
 
 class AppError(Exception):
@@ -78,6 +84,7 @@ class Scenario:
     closes: int
     late: int  # registrations attempted after the first close
     race: str | None  # where a registration meets the first close (see Interleaving)
+    copy: str | None  # how the environ that the app registers through is copied (COPIES)
 
 
 @st.composite
@@ -109,6 +116,7 @@ def scenarios(draw: Any) -> Scenario:
         closes=draw(st.integers(0, 3)),
         late=draw(st.integers(0, 1)),
         race=draw(st.none() | st.sampled_from(RACES)),
+        copy=draw(st.sampled_from(COPIES)),
     )
 
 
@@ -183,10 +191,23 @@ class TextBody(Body):
         return ""
 
 
+def copied(environ: dict[str, Any], how: str | None) -> dict[str, Any]:
+    """``environ``, or its copy made ``how``: a deep copy leaves out the streams it cannot copy."""
+    if how == "copy":
+        return copy.copy(environ)
+    if how == "deepcopy":
+        streams = ("wsgi.input", "wsgi.errors")
+        return copy.deepcopy({k: v for k, v in environ.items() if k not in streams})
+    return environ
+
+
 def make_app(run: Run, sc: Scenario) -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
+        registering = copied(environ, sc.copy)
         for action in sc.before:
-            run.register(environ, action)
+            run.register(registering, action)
+        del registering  # the hooks keep a copy alive; dropping it here must run none of them
+        gc.collect()
         if sc.app_raises:
             raise AppError
         start_response("200 OK", [("Content-Type", "text/plain")])
