@@ -68,7 +68,9 @@ _CLOSED: tuple[()] = ()
 # garbage collector in whatever code its thread was running.
 _UNKNOWN = BaseException("outcome unknown: the response was never closed")
 # Serialises the rare end of a race between registering and close() (see ResponseCleanup).
-_registry_lock = threading.Lock()
+# Re-entrant: a garbage collection while a thread holds it (the error it builds allocates) may
+# close an abandoned response in that thread, which takes it too.
+_registry_lock = threading.RLock()
 # Without the GIL, close() takes the lock for its last look at the hooks (see ResponseCleanup).
 _GIL_DISABLED = not getattr(sys, "_is_gil_enabled", lambda: True)()
 
