@@ -43,8 +43,8 @@ from concurrent.futures import Executor, Future
 from functools import partial
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from .cleanup import ENVIRON_KEY
-from .reporting import StandIn, describe_request, hook_name, logger, not_callable, not_wrapped
+from .cleanup import ENVIRON_KEY, RunsLast
+from .reporting import describe_request, hook_name, logger, not_callable, not_wrapped
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -350,7 +350,7 @@ def defer(environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwa
     cleanup._register(_HandOff(cleanup, work, environ), "defer", last=True)
 
 
-class _HandOff(StandIn):
+class _HandOff(RunsLast):
     """A function given to :func:`defer`: at its turn in ``close()``, last of all, it goes to the
     executor. Deferred functions sit at the bottom of the stack in the order deferred, so they
     are handed over in that order, after every hook."""
