@@ -66,6 +66,7 @@ CORE_TESTS = [
     "test_bodies.py",
     "test_properties.py",
     "test_leaks.py",
+    "test_outcomes.py",
 ]
 
 # What may not appear in the build's output: a warning of the backend (build prints them as
