@@ -570,15 +570,15 @@ def on_failure(
 ) -> None:
     """Run ``fn(*args, **kwargs)`` once at close, only if the request failed.
 
-    When and in what order: as :func:`on_success`, whose opposite it is: for each request
-    exactly one of the two kinds runs.
+    When and in what order: as :func:`on_success`, whose opposite it is: a request runs its
+    ``on_success`` functions or its ``on_failure`` functions, never both.
 
     :raises RuntimeError: as :func:`add_cleanup`.
     :raises TypeError: ``fn`` is not callable.
 
     Example::
 
-        on_failure(environ, os.unlink, upload_path)  # keep the upload only if it was saved
+        on_failure(environ, os.unlink, upload_path)  # a failed request leaves no upload
     """
     _register_outcome(environ, False, fn, args, kwargs)
 
