@@ -37,7 +37,7 @@ demo: $(DEMO_STAMP)
 # The core tests once more on the pure-Python base of ResponseCleanup (the first run has the C
 # base, where it built: see docs/performance.md).
 CORE_TESTS := tests/test_semantics.py tests/test_hardening.py tests/test_bodies.py \
-	tests/test_properties.py tests/test_leaks.py tests/test_observers.py
+	tests/test_properties.py tests/test_leaks.py tests/test_observers.py tests/test_outcomes.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not servers"

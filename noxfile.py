@@ -70,6 +70,7 @@ CORE_TESTS = [
     "test_properties.py",
     "test_leaks.py",
     "test_observers.py",
+    "test_outcomes.py",
 ]
 
 # What may not appear in the build's output: a warning of the backend (build prints them as

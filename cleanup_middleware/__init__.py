@@ -17,7 +17,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .cleanup import ENVIRON_KEY, ResponseCleanup, add_cleanup, enter_context
+from .cleanup import (
+    ENVIRON_KEY,
+    ResponseCleanup,
+    add_cleanup,
+    enter_context,
+    on_failure,
+    on_success,
+)
 from .middleware import CleanupMiddleware, wrap
 
 if TYPE_CHECKING:
@@ -33,6 +40,8 @@ __all__ = [
     "add_cleanup",
     "defer",
     "enter_context",
+    "on_failure",
+    "on_success",
     "wrap",
 ]
 __version__ = "0.1.0"

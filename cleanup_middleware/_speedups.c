@@ -22,6 +22,7 @@ typedef struct {
     PyObject *environ;
     PyObject *failure;
     PyObject *hooks;
+    PyObject *outcome;
 } CleanupBase;
 
 
@@ -33,6 +34,7 @@ CleanupBase_traverse(CleanupBase *self, visitproc visit, void *arg)
     Py_VISIT(self->environ);
     Py_VISIT(self->failure);
     Py_VISIT(self->hooks);
+    Py_VISIT(self->outcome);
     return 0;
 }
 
@@ -44,6 +46,7 @@ CleanupBase_clear(CleanupBase *self)
     Py_CLEAR(self->environ);
     Py_CLEAR(self->failure);
     Py_CLEAR(self->hooks);
+    Py_CLEAR(self->outcome);
     return 0;
 }
 
@@ -113,6 +116,7 @@ static PyMemberDef CleanupBase_members[] = {
     {"_environ", T_OBJECT_EX, offsetof(CleanupBase, environ), 0, NULL},
     {"_failure", T_OBJECT_EX, offsetof(CleanupBase, failure), 0, NULL},
     {"_hooks", T_OBJECT_EX, offsetof(CleanupBase, hooks), 0, NULL},
+    {"_outcome", T_OBJECT_EX, offsetof(CleanupBase, outcome), 0, NULL},
     {NULL},
 };
 

@@ -12,6 +12,7 @@ class ResponseCleanupBase:
     _environ: dict[str, Any] | None
     _failure: BaseException
     _hooks: list[Callable[[], object]] | tuple[()]
+    _outcome: bool
     def __iter__(self) -> Iterator[bytes]: ...
 
 def add_cleanup(

@@ -13,7 +13,8 @@ path without standing between the server and the body's chunks:
   pointed at :meth:`ResponseCleanup.close` (as Django does), so the server still recognises it
   and sends the file with ``sendfile()``.
 
-:func:`add_cleanup` and :func:`enter_context` are the public ways to register hooks on it.
+:func:`add_cleanup` and :func:`enter_context` are the public ways to register hooks on it;
+:func:`on_success` and :func:`on_failure` register work that depends on how the request ended.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ __all__ = [
     "ENVIRON_KEY",
     "RaisingResponseCleanup",
     "ResponseCleanup",
+    "RunsLast",
     "add_cleanup",
     "enter_context",
+    "on_failure",
+    "on_success",
 ]
 
 #: The environ key under which the middleware keeps the request's :class:`ResponseCleanup`.
@@ -71,6 +75,9 @@ _UNKNOWN = BaseException("outcome unknown: the response was never closed")
 # Re-entrant: a garbage collection while a thread holds it (the error it builds allocates) may
 # close an abandoned response in that thread, which takes it too.
 _registry_lock = threading.RLock()
+# Serialises deciding a request's outcome (ResponseCleanup._outcome) when two threads close it.
+# Re-entrant: a collection while it is held may close an abandoned response in this thread.
+_outcome_lock = threading.RLock()
 # Without the GIL, close() takes the lock for its last look at the hooks (see ResponseCleanup).
 _GIL_DISABLED = not getattr(sys, "_is_gil_enabled", lambda: True)()
 
@@ -90,7 +97,7 @@ class _Observer:
       none). It returns a :class:`_Watcher` for that response, or ``None``. The watcher's
       ``hook(environ, hook, seconds, error)`` follows each hook, with the seconds it took and the
       exception it raised (else ``None``), and ``end()`` follows the last hook. The clock is
-      read once per hook, for every watcher. A :class:`_Unwatched` hook (the hand-off of
+      read once per hook, for every watcher. A :class:`RunsLast` hook (the hand-off of
       :func:`~cleanup_middleware.defer`) is not shown, nor its time counted in the next hook's;
     * :meth:`deferred`: a function given to :func:`~cleanup_middleware.defer` by a request of
       the class ran: the seconds it waited after its hand-off and ran, what it raised;
@@ -151,12 +158,6 @@ class _Watcher:
         """The response's last hook ran."""
 
 
-class _Unwatched(StandIn):
-    """A hook that watchers are not shown: the hand-off of ``defer()``, whose function is."""
-
-    __slots__ = ()
-
-
 # The process's observers, first in every cleanup class's _observers.
 _process_observers: tuple[_Observer, ...] = ()
 # Whether any cleanup class has observers: a module global, which a request tests more cheaply
@@ -213,7 +214,7 @@ class _Watch:
     def hook(self, hook: object, error: BaseException | None) -> None:
         now = perf_counter()
         seconds, self.last = now - self.last, now
-        if not isinstance(hook, _Unwatched):
+        if not isinstance(hook, RunsLast):
             for watcher in self.watchers:
                 _tell(watcher, "hook", self.environ, hook, seconds, error)
 
@@ -305,6 +306,38 @@ class _ContextExit(StandIn):
         return generator if isinstance(generator, GeneratorType) else type(manager)
 
 
+class RunsLast(StandIn):
+    """A stand-in that runs after every hook and outcome callback: :func:`defer`'s hand-off.
+
+    Registered with ``last=True``, at the bottom of the stack; outcome callbacks are put above
+    every one of them. Watchers are not shown it: they are shown the function it hands off when
+    that runs.
+    """
+
+    __slots__ = ()
+
+
+class _OutcomeCall(StandIn):
+    """A function given to :func:`on_success` or :func:`on_failure`: at its turn, it runs if the
+    request ended as ``on_success`` says. Put above the hand-offs of :func:`defer` and below
+    every other hook, so it runs after them, in registration order among its kind."""
+
+    __slots__ = ("cleanup", "on_success", "work")
+
+    def __init__(self, cleanup: ResponseCleanup, on_success: bool, work: _Hook) -> None:
+        self.cleanup = cleanup
+        self.on_success = on_success
+        self.work = work
+
+    def __call__(self) -> None:
+        if self.cleanup._succeeded() is self.on_success:
+            self.work()
+
+    @property
+    def named_after(self) -> object:
+        return self.work
+
+
 class _PythonResponseCleanupBase:
     """The slots, ``__iter__`` and garbage-collection net of :class:`ResponseCleanup`.
 
@@ -315,14 +348,16 @@ class _PythonResponseCleanupBase:
 
     # Set by CleanupMiddleware, which builds the object without __init__ to keep each request
     # cheap: _environ and _hooks at once, _body and _close_body when the application returned
-    # (or _close_body = None when it raised). _failure is set only when the request failed.
-    __slots__ = ("_body", "_close_body", "_environ", "_failure", "_hooks")
+    # (or _close_body = None when it raised). _failure is set only when the request failed;
+    # _outcome only once a hook failed or an outcome callback ran (ResponseCleanup._succeeded).
+    __slots__ = ("_body", "_close_body", "_environ", "_failure", "_hooks", "_outcome")
 
     _environ: WSGIEnvironment | None  # None from the moment close() starts: it runs once
     _hooks: list[_Hook] | tuple[()]  # _CLOSED once close() took the last hook
     _failure: BaseException
     _body: Iterable[bytes]  # the body this object iterates as, if any
     _close_body: Callable[[], object] | None  # the body's own close()
+    _outcome: bool  # whether the request succeeded, for outcome callbacks, once decided
 
     def __iter__(self) -> Iterator[bytes]:
         # The body's own iterator: the server's next() calls never enter Python code of ours.
@@ -441,6 +476,46 @@ class ResponseCleanup(_ResponseCleanupBase):
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
         raise not_picklable(self, ENVIRON_KEY)
 
+    def _succeeded(self) -> bool:
+        """Whether the request succeeded, as outcome callbacks see it; decided on first use.
+
+        Called at close by the first outcome callback, once every hook and context exit ran.
+        It failed if a hook raised by then (a context manager's ``__exit__`` included), or else
+        if the request failed as :func:`enter_context`'s context managers are told: a failure
+        recorded (:meth:`record_failure`, the body's own ``close()``), else the exception the
+        server is handling at close; an abandoned response closed by the garbage-collection net
+        is told only what was recorded. Every outcome callback of the request sees the answer
+        of the first, also when one of them raises.
+        """
+        try:
+            return self._outcome
+        except AttributeError:
+            pass
+        failure = self.failure
+        succeeded = sys.exc_info()[1] is None if failure is None else failure is _UNKNOWN
+        with _outcome_lock:
+            # A second close() in another thread may have decided first: its answer stands.
+            try:
+                return self._outcome
+            except AttributeError:
+                self._outcome = succeeded
+        return succeeded
+
+    def _hook_failed(
+        self,
+        environ: WSGIEnvironment,
+        hook: _Hook,
+        exc: BaseException,
+        earlier: BaseException | None,
+    ) -> BaseException:
+        """Note at close that the request failed, if its outcome is not decided yet; log ``exc``."""
+        with _outcome_lock:
+            try:
+                self._outcome  # noqa: B018
+            except AttributeError:
+                self._outcome = False
+        return hook_failed(environ, hook, exc, earlier)
+
     def _withdraw(self, hooks: list[_Hook], hook: _Hook, call: str) -> None:
         """Take back ``hook``, appended to ``hooks`` as :meth:`close` replaced them, and raise.
 
@@ -454,16 +529,22 @@ class ResponseCleanup(_ResponseCleanupBase):
                     del hooks[index]
                     raise closed_error(call)
 
-    def _register(self, hook: _Hook, call: str, *, last: bool = False) -> None:
+    def _register(
+        self, hook: _Hook, call: str, *, last: bool = False, outcome: bool = False
+    ) -> None:
         """Add ``hook`` to run at close; ``call`` names the public function, for the error.
 
         With ``last``, it goes to the bottom of the stack: it runs after every hook registered
-        before or after it (the hand-off of :func:`~cleanup_middleware.defer`).
+        before or after it (a :class:`RunsLast`, the hand-off of
+        :func:`~cleanup_middleware.defer`). With ``outcome``, it goes right above those: it
+        runs after every other hook, and after the outcome callbacks registered before it.
         """
         hooks = self._hooks
         try:
             if last:
                 hooks.insert(0, hook)  # type: ignore[union-attr]
+            elif outcome:
+                hooks.insert(_count_last(hooks), hook)  # type: ignore[union-attr]
             else:
                 hooks.append(hook)  # type: ignore[union-attr]
         except AttributeError:
@@ -528,7 +609,7 @@ class ResponseCleanup(_ResponseCleanupBase):
             try:
                 hook()
             except BaseException as exc:
-                hook_error = hook_failed(environ, hook, exc, hook_error)
+                hook_error = self._hook_failed(environ, hook, exc, hook_error)
                 if watch is not None:
                     watch.hook(hook, exc)
             else:
@@ -541,7 +622,7 @@ class ResponseCleanup(_ResponseCleanupBase):
                 try:
                     hook()
                 except BaseException as exc:
-                    hook_error = hook_failed(environ, hook, exc, hook_error)
+                    hook_error = self._hook_failed(environ, hook, exc, hook_error)
                     if watch is not None:
                         watch.hook(hook, exc)
                 else:
@@ -582,6 +663,17 @@ class RaisingResponseCleanup(ResponseCleanup):
 
     __slots__ = ()
     raise_hook_errors = True
+
+
+def _count_last(hooks: list[_Hook] | tuple[()]) -> int:
+    """How many :class:`RunsLast` hooks are at the bottom of ``hooks``: where outcome callbacks
+    go."""
+    count = 0
+    for hook in hooks:
+        if not isinstance(hook, RunsLast):
+            break
+        count += 1
+    return count
 
 
 def _take_late_hooks(hooks: list[_Hook]) -> list[_Hook]:
@@ -681,3 +773,64 @@ def enter_context(environ: WSGIEnvironment, cm: AbstractContextManager[_T]) -> _
         bound_exit(type(exc), exc, exc.__traceback__)
         raise
     return result
+
+
+def on_success(
+    environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> None:
+    """Run ``fn(*args, **kwargs)`` once at close, only if the request succeeded.
+
+    It runs after every hook and context exit of the request, whenever they were registered, in
+    registration order with the other outcome callbacks, and before the functions given to
+    :func:`~cleanup_middleware.defer` are handed over. The request succeeded if nothing raised:
+    not the application or a view (an exception an error handler answered counts), not the
+    body while it was sent or closed (as far as the server tells: the exception it is handling
+    at close, as :func:`enter_context` is told), not a hook, not a context manager's
+    ``__exit__``. Every outcome callback of a request sees the same outcome.
+
+    :raises RuntimeError: as :func:`add_cleanup`.
+    :raises TypeError: ``fn`` is not callable.
+
+    Example::
+
+        on_success(environ, queue.enqueue, send_receipt, order_id)  # after the commit
+        on_success(environ, defer, environ, warm_cache, order_id)   # to the executor
+    """
+    _register_outcome(environ, True, fn, args, kwargs)
+
+
+def on_failure(
+    environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> None:
+    """Run ``fn(*args, **kwargs)`` once at close, only if the request failed.
+
+    When and in what order: as :func:`on_success`, whose opposite it is: a request runs its
+    ``on_success`` functions or its ``on_failure`` functions, never both.
+
+    :raises RuntimeError: as :func:`add_cleanup`.
+    :raises TypeError: ``fn`` is not callable.
+
+    Example::
+
+        on_failure(environ, os.unlink, upload_path)  # a failed request leaves no upload
+    """
+    _register_outcome(environ, False, fn, args, kwargs)
+
+
+def _register_outcome(
+    environ: WSGIEnvironment,
+    on_success: bool,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    """Register ``fn`` for :func:`on_success` (or, if not ``on_success``, :func:`on_failure`)."""
+    call, outcome = ("on_success", "succeeded") if on_success else ("on_failure", "failed")
+    try:
+        cleanup: ResponseCleanup = environ[ENVIRON_KEY]
+    except (KeyError, TypeError):
+        raise not_wrapped(environ, call) from None
+    if not callable(fn):
+        raise not_callable(call, f"to run at close if the request {outcome}", fn)
+    work = partial(fn, *args, **kwargs) if args or kwargs else fn
+    cleanup._register(_OutcomeCall(cleanup, on_success, work), call, outcome=True)

@@ -109,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind, target = ("context", hook.context) if is_context else ("call", hook.call)
         if hook.defer:
             kind = "deferred call"
+        if hook.when != "always":
+            kind += f" on {hook.when}"
         rows.append(
             (
                 f"hooks[{index}]",
@@ -127,6 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "At close, each request runs its own hooks first, then these, last one first; "
         "context hooks are entered in this order before the application runs."
     )
+    if any(hook.when != "always" for hook in config.hooks):
+        print(
+            "Hooks on success or on failure run after every other hook, with the request's "
+            "own, in registration order: these first, in this order."
+        )
     return 0
 
 

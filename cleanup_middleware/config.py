@@ -20,6 +20,10 @@ in a ``[tool.cleanup-middleware]`` table of ``pyproject.toml``::
     call = "myapp.audit:upload"           # defer = true: handed to the executor at close, as
     defer = true                          # defer(environ, upload, environ) does
 
+    [[hooks]]
+    call = "myapp.alerts:page"            # when = "failure": only if the request failed, as
+    when = "failure"                      # on_failure(environ, page, environ) does
+
 and give it to :class:`~cleanup_middleware.CleanupMiddleware` as ``config=`` (or name it in
 ``$CLEANUP_MIDDLEWARE_CONFIG``); code gives the same as ``hooks=[Hook(...), ...]``.
 
@@ -47,7 +51,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from .cleanup import _is_threshold, add_cleanup, enter_context
+from .cleanup import _is_threshold, add_cleanup, enter_context, on_failure, on_success
 from .deferred import deferring
 
 if sys.version_info >= (3, 11):
@@ -88,7 +92,9 @@ _HOOKS_ARGUMENT = "hooks=[...] argument"
 _REGISTERED_KEY = "cleanup_middleware.config_hooks"
 
 _TOP_KEYS = ("on-hook-error", "executor", "slow-hook-seconds", "hooks")
-_HOOK_KEYS = ("call", "context", "defer", "paths", "methods")
+_HOOK_KEYS = ("call", "context", "defer", "when", "paths", "methods")
+# What a call hook's ``when`` may be, and the function that registers it so.
+_WHEN = {"always": add_cleanup, "success": on_success, "failure": on_failure}
 _PYPROJECT_TABLE = "tool.cleanup-middleware"
 # RFC 9110 token: what a request method may be made of.
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -139,12 +145,16 @@ class Hook:
     :param methods: only requests with one of these methods.
     :param defer: a ``call`` hook is handed to the executor when the response closes, as
         :func:`~cleanup_middleware.defer` does, instead of running in the server's thread.
+    :param when: ``"always"`` (the default); ``"success"`` or ``"failure"``: a ``call`` hook
+        runs (or, with ``defer``, is handed over) only if the request succeeded, or failed, as
+        :func:`~cleanup_middleware.on_success` and :func:`~cleanup_middleware.on_failure` do.
 
     Example::
 
         app = CleanupMiddleware(app, hooks=[
             Hook(call="myapp.db:remove_session"),
             Hook(context=transaction, paths=["/api/"], methods=["POST", "PUT"]),
+            Hook(call="myapp.alerts:page", when="failure"),
         ])
     """
 
@@ -153,6 +163,7 @@ class Hook:
     paths: Sequence[str] | None = None
     methods: Sequence[str] | None = None
     defer: bool = False
+    when: Literal["always", "success", "failure"] = "always"
 
 
 class _Compiled(NamedTuple):
@@ -164,6 +175,8 @@ class _Compiled(NamedTuple):
     methods: frozenset[str] | None
     # As PEP 3333 puts them in PATH_INFO (UTF-8 bytes read as latin-1); None: every path.
     prefixes: tuple[str, ...] | None
+    # A call hook's registration, as its ``when`` says: add_cleanup, on_success or on_failure.
+    add: Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -201,14 +214,14 @@ def register(hooks: tuple[_Compiled, ...], environ: WSGIEnvironment) -> None:
     # Werkzeug's routing upper-cases the method too, so a "post" request runs the POST view.
     method = environ.get("REQUEST_METHOD", "").upper()
     path = environ.get("PATH_INFO", "")
-    for fn, is_context, methods, prefixes in hooks:
+    for fn, is_context, methods, prefixes, add in hooks:
         if (methods is None or method in methods) and (
             prefixes is None or path.startswith(prefixes)
         ):
             if is_context:
                 enter_context(environ, fn(environ))
             else:
-                add_cleanup(environ, fn, environ)
+                add(environ, fn, environ)
 
 
 def configure(
@@ -412,6 +425,21 @@ def _compile_hook(hook: Hook, source: str, key: str) -> _Compiled:
             "a context hook cannot be deferred: it is exited at close, in the request; remove "
             "defer, or make it a call hook",
         )
+    add = _WHEN.get(hook.when) if isinstance(hook.when, str) else None
+    if add is None:
+        raise ConfigError(
+            source,
+            f"{key}.when",
+            f'must be "always", "success" or "failure", got {hook.when!r}; write when = '
+            '"success" to run the hook only if the request succeeded, "failure" only if it failed',
+        )
+    if is_context and hook.when != "always":
+        raise ConfigError(
+            source,
+            f"{key}.when",
+            "applies to call hooks: a context hook runs either way, and its __exit__ is told "
+            "whether the request failed; remove when, or make it a call hook",
+        )
     target = hook.context if is_context else hook.call
     fn = _function(target, source, f"{key}.{'context' if is_context else 'call'}", is_context)
     if hook.defer:
@@ -448,6 +476,7 @@ def _compile_hook(hook: Hook, source: str, key: str) -> _Compiled:
         is_context,
         _effective_methods(methods) if methods is not None else None,
         tuple(_wsgi_path(prefix) for prefix in prefixes) if prefixes is not None else None,
+        add,
     )
 
 

@@ -54,7 +54,7 @@ from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from .cleanup import ENVIRON_KEY, _Unwatched, _WatchedCall
+from .cleanup import ENVIRON_KEY, RunsLast, _WatchedCall
 from .reporting import describe_request, hook_name, logger, not_callable, not_wrapped
 
 if TYPE_CHECKING:
@@ -383,7 +383,7 @@ def defer(environ: WSGIEnvironment, fn: Callable[..., Any], /, *args: Any, **kwa
     cleanup._register(hand_off, "defer", last=True)
 
 
-class _HandOff(_Unwatched):
+class _HandOff(RunsLast):
     """A function given to :func:`defer`: at its turn in ``close()``, last of all, it goes to the
     executor. Deferred functions sit at the bottom of the stack in the order deferred, so they
     are handed over in that order, after every hook."""

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._extras import missing_extra
 from .cleanup import ENVIRON_KEY
+from .cleanup import on_failure as on_failure_for_environ
+from .cleanup import on_success as on_success_for_environ
 from .deferred import defer as defer_for_environ
 from .middleware import CleanupMiddleware
 
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
 
     from .cleanup import ResponseCleanup
 
-__all__ = ["defer", "init_app"]
+__all__ = ["defer", "init_app", "on_failure", "on_success"]
 
 _R = TypeVar("_R", bound=Response)
 
@@ -186,3 +188,33 @@ def defer(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
             return "ordered"
     """
     defer_for_environ(request.environ, fn, *args, **kwargs)
+
+
+def on_success(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+    """Run ``fn(*args, **kwargs)`` at close only if the current request succeeded.
+
+    :func:`cleanup_middleware.on_success` for the Flask request being handled (the app must be
+    set up with :func:`init_app`): an exception that escaped the view counts as a failure also
+    when an error handler answered it.
+
+    Example::
+
+        @app.post("/orders")
+        def order():
+            order_id = save_order(request.form)
+            cleanup_middleware.flask.on_success(queue.enqueue, send_receipt, order_id)
+            return "ordered"
+    """
+    on_success_for_environ(request.environ, fn, *args, **kwargs)
+
+
+def on_failure(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+    """Run ``fn(*args, **kwargs)`` at close only if the current request failed.
+
+    :func:`cleanup_middleware.on_failure` for the Flask request being handled.
+
+    Example::
+
+        cleanup_middleware.flask.on_failure(os.unlink, upload_path)
+    """
+    on_failure_for_environ(request.environ, fn, *args, **kwargs)

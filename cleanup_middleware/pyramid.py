@@ -1,13 +1,15 @@
-"""Pyramid: ``request.add_cleanup`` and ``request.enter_context``, with one ``config.include``.
+"""Pyramid: ``request.add_cleanup`` and its kin, with one ``config.include``.
 
 Pyramid's own ``request.add_finished_callback`` callbacks run when the router has the response,
 before the server has sent a byte of its body, so they cannot delete a file that the body is
 still sending, nor hold a resource open while it streams. ``config.include`` of this module adds
-two request methods that register with :class:`~cleanup_middleware.CleanupMiddleware` instead,
+request methods that register with :class:`~cleanup_middleware.CleanupMiddleware` instead,
 whose hooks run when the server closes the response:
 
 * ``request.add_cleanup(fn, *args, **kwargs)``, as :func:`cleanup_middleware.add_cleanup`;
-* ``request.enter_context(cm)``, as :func:`cleanup_middleware.enter_context`.
+* ``request.enter_context(cm)``, as :func:`cleanup_middleware.enter_context`;
+* ``request.on_success(fn, *args, **kwargs)`` and ``request.on_failure(fn, *args, **kwargs)``,
+  as :func:`cleanup_middleware.on_success` and :func:`cleanup_middleware.on_failure`.
 
 The WSGI application that ``Configurator.make_wsgi_app()`` returns must still be wrapped in the
 middleware (or the middleware be put in its PasteDeploy pipeline): without it the methods raise
@@ -25,7 +27,7 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from ._extras import missing_extra
-from .cleanup import ENVIRON_KEY, add_cleanup, enter_context
+from .cleanup import ENVIRON_KEY, add_cleanup, enter_context, on_failure, on_success
 
 try:
     from pyramid.config import Configurator  # type: ignore[import-untyped]
@@ -40,7 +42,9 @@ T = TypeVar("T")
 
 
 def includeme(config: Configurator) -> None:
-    """Add ``request.add_cleanup`` and ``request.enter_context``; run by ``config.include``.
+    """Add ``request.add_cleanup``, ``.enter_context``, ``.on_success`` and ``.on_failure``.
+
+    Run by ``config.include``.
 
     Example::
 
@@ -51,6 +55,8 @@ def includeme(config: Configurator) -> None:
     """
     config.add_request_method(request_add_cleanup, "add_cleanup")
     config.add_request_method(request_enter_context, "enter_context")
+    config.add_request_method(request_on_success, "on_success")
+    config.add_request_method(request_on_failure, "on_failure")
 
 
 def request_add_cleanup(
@@ -80,3 +86,17 @@ def _response_environ(request: Request) -> dict[str, Any]:
             if outer is not None and ENVIRON_KEY in outer.environ:
                 return outer.environ  # type: ignore[no-any-return]
     return environ
+
+
+def request_on_success(
+    request: Request, fn: Callable[..., object], /, *args: Any, **kwargs: Any
+) -> None:
+    """``request.on_success(fn, *args, **kwargs)``: ``fn`` runs at close on success."""
+    on_success(_response_environ(request), fn, *args, **kwargs)
+
+
+def request_on_failure(
+    request: Request, fn: Callable[..., object], /, *args: Any, **kwargs: Any
+) -> None:
+    """``request.on_failure(fn, *args, **kwargs)``: ``fn`` runs at close on failure."""
+    on_failure(_response_environ(request), fn, *args, **kwargs)

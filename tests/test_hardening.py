@@ -449,6 +449,12 @@ class Interleaving(list[Any]):
         super().append(hook)
         self._once("after append")
 
+    def insert(self, index: Any, hook: Any) -> None:
+        # defer() and the outcome callbacks insert where append() appends.
+        self._once("before append")
+        super().insert(index, hook)
+        self._once("after append")
+
 
 def open_response(ran: list[str]) -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> Any:

@@ -18,6 +18,12 @@ after iteration, where something raises, how far the server reads, how often it 
 * a copy of the environ (``copy.copy``, or ``copy.deepcopy`` of its keys but the streams)
   through which the application registers its hooks changes none of the above: the hooks are
   the request's, and collecting the copy runs none of them.
+* outcome callbacks, drawn among the hooks as pairs (an ``on_success`` and an ``on_failure``,
+  registered by the application, during iteration, after it, or by a hook at close): exactly
+  one of each pair runs, once, after every hook and in registration order, and it is the one
+  the request's outcome calls for (it failed if the application, the body's ``close()`` or a
+  hook raised). The same for the garbage-collection net, and for a lone ``on_success`` racing
+  the first close.
 """
 
 from __future__ import annotations
@@ -40,11 +46,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hardening import Interleaving
 
-from cleanup_middleware import ENVIRON_KEY, CleanupMiddleware, add_cleanup
+from cleanup_middleware import ENVIRON_KEY, CleanupMiddleware, add_cleanup, on_failure, on_success
 
 # "reclose": the hook calls the response's close() again, re-entrantly (as werkzeug's
 # Response.close does when it closes a file wrapper whose close is the middleware's).
-ACTIONS = ("ok", "ok", "ok", "error", "interrupt", "exit", "register", "reclose")
+# "outcome": not a hook but a pair of outcome callbacks; "outcome by hook": a hook that
+# registers such a pair when it runs.
+ACTIONS = (
+    "ok",
+    "ok",
+    "ok",
+    "error",
+    "interrupt",
+    "exit",
+    "register",
+    "reclose",
+    "outcome",
+    "outcome by hook",
+)
+FAILING = ("error", "interrupt", "exit")
 # "c_file": a file wrapper whose objects refuse a new close (as mod_wsgi's and bjoern's C types
 # do), so the middleware stands in for it and hands it the file in a ClosingFile.
 # "text_file": a file-like object that reads str, returned whole (as open(path) in text mode);
@@ -55,6 +75,8 @@ TEXT_KINDS = ("text_file", "str_generator")
 RACES = ("close sees no hooks", "before append", "after append")
 # How the application copies the environ it registers its hooks through, if it does.
 COPIES = (None, "copy", "deepcopy")
+RACERS = ("add_cleanup", "on_success")
+OUTCOMES = ("success", "failure")
 
 
 class AppError(Exception):
@@ -85,6 +107,7 @@ class Scenario:
     late: int  # registrations attempted after the first close
     race: str | None  # where a registration meets the first close (see Interleaving)
     copy: str | None  # how the environ that the app registers through is copied (COPIES)
+    racer: str  # what that registration is
 
 
 @st.composite
@@ -117,18 +140,30 @@ def scenarios(draw: Any) -> Scenario:
         late=draw(st.integers(0, 1)),
         race=draw(st.none() | st.sampled_from(RACES)),
         copy=draw(st.sampled_from(COPIES)),
+        racer=draw(st.sampled_from(RACERS)),
     )
 
 
 @dataclass
 class Run:
-    """What happened: events in order, and the hooks that were accepted, in registration order."""
+    """What happened: events in order, the hooks that were accepted and the pairs of outcome
+    callbacks, each in registration order."""
 
     events: list[tuple[str, int]] = field(default_factory=list)
     registered: list[tuple[int, str]] = field(default_factory=list)
     next_id: int = 0
+    pairs: list[int] = field(default_factory=list)
+
+    def register_pair(self, environ: dict[str, Any]) -> None:
+        pair_id = len(self.pairs)
+        on_success(environ, self.events.append, ("success", pair_id))
+        on_failure(environ, self.events.append, ("failure", pair_id))
+        self.pairs.append(pair_id)
 
     def register(self, environ: dict[str, Any], action: str, by_hook: bool = False) -> None:
+        if action == "outcome":
+            self.register_pair(environ)
+            return
         # The hooks hold the environ, never the Run: dropping the request drops everything.
         hook_id = self.next_id
         self.next_id += 1
@@ -145,6 +180,8 @@ class Run:
                 self.register(environ, "ok", by_hook=True)
             if action == "reclose":
                 environ[ENVIRON_KEY].close()
+            if action == "outcome by hook":
+                self.register_pair(environ)
 
         add_cleanup(environ, hook)
         if not by_hook:  # expected_order() works out where a hook's own registration runs
@@ -261,6 +298,29 @@ def expected_order(registered: list[tuple[int, str]]) -> list[int]:
     return order
 
 
+def expected_outcome(registered: list[tuple[int, str]], sc: Scenario) -> str:
+    """Which outcome callback of each pair runs: "failure" if the application, the body's own
+    ``close()`` or a hook raised. This server swallows iteration errors and calls ``close()``
+    outside its handler, so they are not seen (as on servers that do not report them)."""
+    failed = (
+        sc.app_raises
+        or (sc.body in FILE_KINDS and sc.body_close_raises)
+        or any(action in FAILING for _, action in registered)
+    )
+    return "failure" if failed else "success"
+
+
+def check_outcomes(run: Run, registered: list[tuple[int, str]], sc: Scenario) -> None:
+    """Exactly one of each pair ran, once, after every hook, in registration order, and it is
+    the one the outcome calls for."""
+    outcomes = [(n, event) for n, event in enumerate(run.events) if event[0] in OUTCOMES]
+    assert [pair for _, (_, pair) in outcomes] == run.pairs
+    assert {kind for _, (kind, _) in outcomes} <= {expected_outcome(registered, sc)}
+    others = [n for n, event in enumerate(run.events) if event[0] not in OUTCOMES]
+    if outcomes and others:
+        assert outcomes[0][0] > others[-1], "an outcome callback ran before a hook"
+
+
 def expected_raise(registered: list[tuple[int, str]], sc: Scenario) -> type[BaseException] | None:
     for hook_id in expected_order(registered):
         action = dict(registered).get(hook_id, "ok")
@@ -273,11 +333,13 @@ def expected_raise(registered: list[tuple[int, str]], sc: Scenario) -> type[Base
     return None
 
 
-def race_first_close(race: str, environ: dict[str, Any], body: Any) -> list[Any]:
-    """Close the response once with a registration at the point ``race`` names.
+def race_first_close(
+    race: str, racer: str, environ: dict[str, Any], body: Any, outcome: str
+) -> list[Any]:
+    """Close the response once with a registration (``racer``) at the point ``race`` names.
 
     Returns what that close() raised, as ``[type or None]``; checks the registration either
-    ran once or was refused.
+    ran once (an ``on_success``: if the request succeeded, as ``outcome`` says) or was refused.
     """
     race_ran: list[str] = []
     first_close: list[type[BaseException] | None] = []
@@ -292,7 +354,9 @@ def race_first_close(race: str, environ: dict[str, Any], body: Any) -> list[Any]
 
     def register_racing() -> str:
         try:
-            add_cleanup(environ, race_ran.append, "race")
+            (add_cleanup if racer == "add_cleanup" else on_success)(
+                environ, race_ran.append, "race"
+            )
         except RuntimeError:
             return "refused"
         return "registered"
@@ -311,7 +375,8 @@ def race_first_close(race: str, environ: dict[str, Any], body: Any) -> list[Any]
         outcomes.append(register_racing())
     # Refused only when close() finished before the append; run once otherwise.
     assert outcomes == ["refused" if race == "before append" else "registered"]
-    assert race_ran == (["race"] if outcomes == ["registered"] else [])
+    runs = outcomes == ["registered"] and (racer == "add_cleanup" or outcome == "success")
+    assert race_ran == (["race"] if runs else [])
     return first_close
 
 
@@ -376,7 +441,8 @@ def check_scenario(sc: Scenario) -> None:
     # --- a registration from another thread meets the first close
     first_close: list[type[BaseException] | None] = []
     if sc.race and body is not None and sc.closes:
-        first_close = race_first_close(sc.race, environ, body)
+        outcome = expected_outcome(accepted_before_close, sc)
+        first_close = race_first_close(sc.race, sc.racer, environ, body, outcome)
 
     # --- the server calls close() 0 to 3 times
     if body is not None:
@@ -404,7 +470,10 @@ def check_scenario(sc: Scenario) -> None:
         for _ in range(sc.late):
             with pytest.raises(RuntimeError, match="after the response was closed"):
                 add_cleanup(environ, lambda: None)
+            with pytest.raises(RuntimeError, match=r"^on_failure\(\) was called after"):
+                on_failure(environ, lambda: None)
         assert hook_runs == expected_order(accepted_before_close)
+        check_outcomes(run, accepted_before_close, sc)
         assert len(set(hook_runs)) == len(hook_runs) == run.next_id
         if sc.body in FILE_KINDS and not sc.app_raises:
             assert body_closes == [0], "the body's close() must run once, before every hook"
@@ -424,3 +493,5 @@ def check_scenario(sc: Scenario) -> None:
     hook_runs = [i for kind, i in run.events if kind == "hook"]
     assert len(set(hook_runs)) == len(hook_runs), "a hook ran twice"
     assert sorted(hook_runs) == list(range(run.next_id)), "the GC safety net missed a hook"
+    # The net counts as what enter_context is told there: only what was recorded, and a hook.
+    check_outcomes(run, run.registered, sc)
