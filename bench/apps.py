@@ -162,11 +162,14 @@ def hello_app(name: str) -> Flask:
 HELLO = {
     "/without": hello_app("without"),
     "/with": cleanup_middleware.flask.init_app(hello_app("with")),
+    # The A/A control: another plain hello world, measured as /with is.
+    "/control": hello_app("control"),
 }
 
 
 def hello(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    """Both hello worlds in one worker: ``/without`` plain, ``/with`` after ``init_app``."""
+    """The hello worlds in one worker: ``/without`` and ``/control`` plain, ``/with`` after
+    ``init_app``."""
     return HELLO.get(environ.get("PATH_INFO", ""), HELLO["/without"])(environ, start_response)
 
 

@@ -25,18 +25,22 @@ from __future__ import annotations
 import cProfile
 import gc
 import io
+import json
 import os
 import pstats
+import subprocess
 import sys
 import timeit
 import wsgiref.util
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.wsgi import ClosingIterator
 
 import cleanup_middleware
 from cleanup_middleware import CleanupMiddleware, add_cleanup
+from cleanup_middleware.cleanup import PURE_PYTHON_ENV_VAR, SPEEDUPS
 
 from .common import Section, Target, markdown_table, rotated, standalone
 
@@ -162,8 +166,8 @@ def variants(chunks: int) -> dict[str, WSGIApplication]:
     }
 
 
-def measure(quick: bool) -> dict[str, dict[str, float]]:
-    """ns/request, the minimum over rounds, per body and variant."""
+def measure(quick: bool, bodies: tuple[str, ...] = tuple(BODIES)) -> dict[str, dict[str, float]]:
+    """ns/request, the minimum over rounds, per body (of ``bodies``) and variant."""
     rounds = 7 if quick else 15
     numbers = (
         {"1 chunk": 20_000, "1000 chunks": 1_000}
@@ -176,8 +180,8 @@ def measure(quick: bool) -> dict[str, dict[str, float]]:
             setup="gc.enable()",
             globals={"serve": serve, "app": app, "environ": ENVIRON, "gc": gc},
         )
-        for body, chunks in BODIES.items()
-        for name, app in variants(chunks).items()
+        for body in bodies
+        for name, app in variants(BODIES[body]).items()
     }
     best: dict[tuple[str, str], float] = {key: float("inf") for key in timers}
     keys = list(timers)
@@ -187,7 +191,27 @@ def measure(quick: bool) -> dict[str, dict[str, float]]:
         for key in rotated(keys, r):
             number = numbers[key[0]]
             best[key] = min(best[key], timers[key].timeit(number) / number * 1e9)
-    return {body: {name: best[body, name] for name in VARIANTS} for body in BODIES}
+    return {body: {name: best[body, name] for name in VARIANTS} for body in bodies}
+
+
+def pure_python_ns(quick: bool) -> dict[str, float]:
+    """:func:`measure` of the one-chunk body in a child interpreter on the pure-Python base,
+    which a build without a C compiler gets."""
+    code = (
+        "import json, sys\n"
+        "from bench.inprocess import measure\n"
+        "print(json.dumps(measure(sys.argv[1] == 'quick', ('1 chunk',))['1 chunk']))\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, "quick" if quick else "full"],
+        env={**os.environ, PURE_PYTHON_ENV_VAR: "1"},
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ns: dict[str, float] = json.loads(child.stdout)
+    return ns
 
 
 def hooks_app(count: int) -> WSGIApplication:
@@ -297,12 +321,24 @@ def run(quick: bool) -> Section:
     ratio = overhead["1 chunk"]["ours+hook"] / ci_over
     ratio_1000 = overhead["1000 chunks"]["ours+hook"] / overhead["1000 chunks"]["closing-iterator"]
     ours_chunk = per_chunk["ours+hook"]
+    base = "C base" if SPEEDUPS else "pure-Python base"
+    print("in-process: the same on the pure-Python base ...", flush=True)
+    pure = pure_python_ns(quick)
+    pure_over = {v: pure[v] - pure["bare"] for v in ("ours+hook", "closing-iterator")}
+    pure_ratio = pure_over["ours+hook"] / pure_over["closing-iterator"]
     targets = [
         Target(
-            "ours+hook overhead / ClosingIterator overhead, 1 chunk",
+            f"ours+hook overhead / ClosingIterator overhead, 1 chunk ({base})",
             f"{ratio:.2f} ({overhead['1 chunk']['ours+hook']:.0f} / {ci_over:.0f} ns)",
             "<= 0.50 (aim 0.40)",
             ratio <= 0.5,
+        ),
+        Target(
+            "the same on the pure-Python base (no C compiler at install)",
+            f"{pure_ratio:.2f} ({pure_over['ours+hook']:.0f} / "
+            f"{pure_over['closing-iterator']:.0f} ns)",
+            "<= 0.50",
+            pure_ratio <= 0.5,
         ),
         Target(
             "ours+hook overhead / ClosingIterator overhead, 1000 chunks",
@@ -342,6 +378,7 @@ def run(quick: bool) -> Section:
             "per_chunk_ns": per_chunk,
             "profile_ns": {name: float(ns) for name, _, ns in profiled},
             "otel_ns": otel_ns,
+            "pure_python_ns": pure,
         },
         notes=[
             f"{mode}timeit, GC on, variants interleaved in rotating order, min over rounds; "
