@@ -9,6 +9,8 @@
   failure and no temporary file may be left.
 * A fenced ``python`` block right after ``<!-- example: FILE -->`` must appear, as it is, in
   ``FILE``: an app under ``examples/`` that a test serves (``tests/test_frameworks.py``).
+* No tracked file points outside the repository, and ``README.md`` stays a front page: at most
+  10,000 bytes.
 """
 
 from __future__ import annotations
@@ -203,6 +205,12 @@ def test_no_tracked_file_points_outside_the_repository() -> None:
                 if not in_a_test and not (resolved.is_relative_to(ROOT) and resolved.exists()):
                     outside.append(f"{name}:{number}: {target}")
     assert outside == []
+
+
+def test_the_readme_is_a_front_page() -> None:
+    # What a newcomer reads first stays short; the reference and the history live elsewhere.
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= 10_000, f"README.md is {size:,} bytes, over 10,000: move detail to docs/"
 
 
 def test_no_tracked_file_holds_a_merge_conflict() -> None:
