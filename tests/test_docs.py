@@ -1,7 +1,8 @@
 """The documentation cannot rot: its links resolve and its marked code blocks run.
 
-* Every relative link and anchor in ``README.md``, ``docs/*.md`` and ``bench/README.md`` must
-  name a file of the repository and, after ``#``, a heading of that file (GitHub's slugs).
+* Every relative link and anchor in ``README.md``, ``CHANGELOG.md``, ``docs/*.md`` and
+  ``bench/README.md`` must name a file of the repository and, after ``#``, a heading of that
+  file (GitHub's slugs).
 * A fenced ``python`` block right after ``<!-- runnable -->`` is run as a script, in a fresh
   directory that is also the temporary directory. After ``<!-- runnable: METHOD /path -->`` the
   ``app`` it defines must also answer that request with ``200`` (through werkzeug's test client,
@@ -30,7 +31,14 @@ import pytest
 from werkzeug.test import Client
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = sorted([ROOT / "README.md", ROOT / "bench" / "README.md", *(ROOT / "docs").glob("*.md")])
+DOCS = sorted(
+    [
+        ROOT / "README.md",
+        ROOT / "CHANGELOG.md",
+        ROOT / "bench" / "README.md",
+        *(ROOT / "docs").glob("*.md"),
+    ]
+)
 
 FENCE = re.compile(r"^(```|~~~)")
 INLINE_CODE = re.compile(r"`[^`]*`")
