@@ -1,7 +1,8 @@
 """The documentation cannot rot: its links resolve and its marked code blocks run.
 
-* Every relative link and anchor in ``README.md``, ``docs/*.md`` and ``bench/README.md`` must
-  name a file of the repository and, after ``#``, a heading of that file (GitHub's slugs).
+* Every relative link and anchor in ``README.md``, ``CHANGELOG.md``, ``docs/*.md`` and
+  ``bench/README.md`` must name a file of the repository and, after ``#``, a heading of that
+  file (GitHub's slugs).
 * A fenced ``python`` block right after ``<!-- runnable -->`` is run as a script, in a fresh
   directory that is also the temporary directory. After ``<!-- runnable: METHOD /path -->`` the
   ``app`` it defines must also answer that request with ``200`` (through werkzeug's test client,
@@ -9,6 +10,8 @@
   failure and no temporary file may be left.
 * A fenced ``python`` block right after ``<!-- example: FILE -->`` must appear, as it is, in
   ``FILE``: an app under ``examples/`` that a test serves (``tests/test_frameworks.py``).
+* No tracked file points outside the repository, and ``README.md`` stays a front page: at most
+  10,000 bytes.
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ import pytest
 from werkzeug.test import Client
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = sorted([ROOT / "README.md", ROOT / "bench" / "README.md", *(ROOT / "docs").glob("*.md")])
+DOCS = sorted(
+    [
+        ROOT / "README.md",
+        ROOT / "CHANGELOG.md",
+        ROOT / "bench" / "README.md",
+        *(ROOT / "docs").glob("*.md"),
+    ]
+)
 
 FENCE = re.compile(r"^(```|~~~)")
 INLINE_CODE = re.compile(r"`[^`]*`")
@@ -203,6 +213,12 @@ def test_no_tracked_file_points_outside_the_repository() -> None:
                 if not in_a_test and not (resolved.is_relative_to(ROOT) and resolved.exists()):
                     outside.append(f"{name}:{number}: {target}")
     assert outside == []
+
+
+def test_the_readme_is_a_front_page() -> None:
+    # What a newcomer reads first stays short; the reference and the history live elsewhere.
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= 10_000, f"README.md is {size:,} bytes, over 10,000: move detail to docs/"
 
 
 def test_no_tracked_file_holds_a_merge_conflict() -> None:
