@@ -75,6 +75,20 @@ def markdown_report(sections: list[Section], info: dict[str, str], header: str) 
     return "\n".join(parts) + "\n"
 
 
+#: The heading of results.md's history of runs, written by hand and kept by every run.
+EARLIER_RUNS = "## Earlier runs"
+
+
+def earlier_runs(path: Path) -> str:
+    """The history section of the results.md at ``path`` (from :data:`EARLIER_RUNS` on), if any."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    start = text.find(f"\n{EARLIER_RUNS}\n")
+    return "" if start < 0 else text[start:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -125,7 +139,8 @@ def main() -> None:
         "sections": {s.key: s.data for s in sections},
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (HERE / "results.md").write_text(markdown_report(sections, info, f"{header}\n\n{noise_text}"))
+    report = markdown_report(sections, info, f"{header}\n\n{noise_text}")
+    (HERE / "results.md").write_text(report + earlier_runs(HERE / "results.md"))
     write_chart(sections, header, HERE / "chart.png")
     print()
     print(f"wrote {', '.join(str(HERE / n) for n in ('results.json', 'results.md', 'chart.png'))}")
