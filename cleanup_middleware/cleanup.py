@@ -618,6 +618,8 @@ class ResponseCleanup(_ResponseCleanupBase):
         # Closed: from here a registration fails or takes its hook back (see the class).
         self._hooks = _CLOSED
         if hooks or _GIL_DISABLED:
+            # The loop above once more, written out: folded into it, every close() paid about
+            # 140 instructions more (callgrind) for a path that races alone take.
             for hook in _take_late_hooks(hooks):
                 try:
                     hook()
