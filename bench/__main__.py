@@ -5,7 +5,8 @@ finishes, then one combined table of every target with PASS or MISS, and writes,
 file:
 
 * ``results.json``: every figure, the raw rounds, and the machine;
-* ``results.md``: the combined table, the detail tables and the machine, in Markdown;
+* ``results.md``: the combined table, the detail tables and the machine, in Markdown, then
+  the ``## History`` section the file ended with, if any (measurements made by hand);
 * ``chart.png``: one panel per measurement.
 
 Benchmarks, not tests: the exit status is 0 whether targets pass or miss (it is non-zero only
@@ -40,6 +41,8 @@ from .common import (
 
 HERE = Path(__file__).resolve().parent
 MODULES = [sendfile, inprocess, memory, throughput, deferred]
+# Where results.md's hand-written history begins; a run rewrites everything above it.
+HISTORY = "\n## History\n"
 
 
 def write_chart(sections: list[Section], title: str, path: Path) -> None:
@@ -73,6 +76,16 @@ def markdown_report(sections: list[Section], info: dict[str, str], header: str) 
     for section in sections:
         parts += ["", section_text(section)]
     return "\n".join(parts) + "\n"
+
+
+def kept_history(path: Path) -> str:
+    """The ``## History`` section that ends ``path``, if any, to write back after a new run."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return ""
+    start = text.find(HISTORY)
+    return text[start:] if start >= 0 else ""
 
 
 def main() -> None:
@@ -125,7 +138,8 @@ def main() -> None:
         "sections": {s.key: s.data for s in sections},
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (HERE / "results.md").write_text(markdown_report(sections, info, f"{header}\n\n{noise_text}"))
+    report = markdown_report(sections, info, f"{header}\n\n{noise_text}")
+    (HERE / "results.md").write_text(report + kept_history(HERE / "results.md"))
     write_chart(sections, header, HERE / "chart.png")
     print()
     print(f"wrote {', '.join(str(HERE / n) for n in ('results.json', 'results.md', 'chart.png'))}")
