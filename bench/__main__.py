@@ -5,7 +5,8 @@ finishes, then one combined table of every target with PASS or MISS, and writes,
 file:
 
 * ``results.json``: every figure, the raw rounds, and the machine;
-* ``results.md``: the combined table, the detail tables and the machine, in Markdown;
+* ``results.md``: the combined table, the detail tables and the machine, in Markdown, then
+  the ``## Earlier runs`` section the file ended with, if any (written by hand);
 * ``chart.png``: one panel per measurement.
 
 Benchmarks, not tests: the exit status is 0 whether targets pass or miss (it is non-zero only
