@@ -198,7 +198,7 @@ def run(quick: bool) -> Section:
                 "requests/s with / without the middleware (median of per-round ratios)",
                 f"{paired_ratio:.3f} (95% CI {low:.3f}-{high:.3f}; ratio of medians {ratio:.3f}; "
                 f"worker CPU/request "
-                f"{cpu['with'] / cpu['without']:.3f}x; in-process +{added:.1f} us -> "
+                f"{cpu['with'] / cpu['without']:.3f}x; in-process {added:+.1f} us -> "
                 f"{expected:.3f} expected; A/A control {control_ratio:.3f}, "
                 f"{control_low:.3f}-{control_high:.3f})",
                 ">= 0.99 (aim 0.995)",
