@@ -159,9 +159,24 @@ class CleanupMiddleware:
             cleanup_class = type(cleanup_class.__name__, (cleanup_class,), held)
         self._cleanup_class = cleanup_class
         # Whether each request's wsgi.file_wrapper is to be judged (files.needs_substitute):
-        # until the server's is seen to need no substitute, as on gunicorn-like servers, whose
-        # requests then pay one attribute test for it.
+        # until the server's is seen to need no substitute, as on gunicorn-like servers.
         self._judge_file_wrapper = True
+        # Whether a request has anything to do before the application (_prepare): one attribute
+        # test a request for config hooks and judging together.
+        self._prepares = True
+
+    def _judge(self, judge: bool) -> None:
+        """Judge each request's ``wsgi.file_wrapper`` from now on, or stop judging."""
+        self._judge_file_wrapper = judge
+        self._prepares = judge or bool(self._hooks)
+
+    def _prepare(self, environ: WSGIEnvironment) -> FileWrapperSubstitute | None:
+        """Register the config hooks and stand in for the server's file wrapper, if need be."""
+        if self._hooks:
+            self._register(self._hooks, environ)
+        if self._judge_file_wrapper:
+            return self._substitute(environ)
+        return None
 
     def _substitute(self, environ: WSGIEnvironment) -> FileWrapperSubstitute | None:
         """Stand in for the server's file wrapper in ``environ`` if its objects need it."""
@@ -169,7 +184,7 @@ class CleanupMiddleware:
         if file_wrapper is None or not needs_substitute(file_wrapper):
             # None, a Python class, or uWSGI's function once seen to return the file itself:
             # this server's requests need no judging.
-            self._judge_file_wrapper = False
+            self._judge(False)
             return None
         substitute = environ[FILE_WRAPPER_KEY] = FileWrapperSubstitute(file_wrapper)
         return substitute
@@ -189,11 +204,9 @@ class CleanupMiddleware:
         if _cleanup._observing:
             _entered(cleanup_class._observers, environ)
         substitute = None
-        if self._judge_file_wrapper:
-            substitute = self._substitute(environ)
         try:
-            if self._hooks:
-                self._register(self._hooks, environ)
+            if self._prepares:
+                substitute = self._prepare(environ)
             body = app(environ, start_response)
         except BaseException:
             if substitute is not None:
@@ -212,6 +225,11 @@ class CleanupMiddleware:
             if body is substitute.made:
                 return substitute.adopt(cleanup)
         close_body = None
+        if type(body) is list:
+            # The commonest body has no close() to look for.
+            cleanup._body = body
+            cleanup._close_body = None
+            return cleanup
         try:
             close_body = getattr(body, "close", None)
             if close_body is not None:
@@ -232,7 +250,7 @@ class CleanupMiddleware:
                     # A wrapper whose objects refuse a new close, on a server this middleware
                     # took for another (a test calling the application, say): judge the next
                     # request's.
-                    self._judge_file_wrapper = True
+                    self._judge(True)
                 elif hasattr(body, "read"):
                     # An open file the application returned whole: a file wrapper that is
                     # neither absent, a class nor stood in for returns the file itself

@@ -163,6 +163,31 @@ def test_body_whose_attribute_lookup_raises_is_served_as_a_plain_iterable_and_no
     gc.collect()
 
 
+class ListWithClose(list[bytes]):
+    """A list body with a close() of its own (a plain list, the fast path, has none)."""
+
+    def __init__(self, chunks: list[bytes], events: list[str]) -> None:
+        super().__init__(chunks)
+        self.events = events
+
+    def close(self) -> None:
+        self.events.append("body closed")
+
+
+def test_list_subclass_body_gets_its_own_close_before_the_hooks() -> None:
+    events: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        add_cleanup(environ, events.append, "hook")
+        start_response("200 OK", [])
+        return ListWithClose([b"a", b"b"], events)
+
+    body = CleanupMiddleware(app)(make_environ(), start_response)
+    assert list(body) == [b"a", b"b"]
+    body.close()
+    assert events == ["body closed", "hook"]
+
+
 # -- a subclass of the server's file wrapper ----------------------------------------------------
 
 
