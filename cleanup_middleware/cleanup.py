@@ -163,6 +163,10 @@ _process_observers: tuple[_Observer, ...] = ()
 # Whether any cleanup class has observers: a module global, which a request tests more cheaply
 # than a class attribute (Python 3.11 does not specialise those).
 _observing = False
+# Called with the new _observing when it changes: a module that tests it per request keeps a
+# global of its own, which a request reads more cheaply than this module's attribute (some 360
+# instructions on Python 3.10, 90 on 3.11).
+_observing_listeners: list[Callable[[bool], None]] = []
 
 
 def _add_observer(observer: _Observer) -> None:
@@ -190,6 +194,8 @@ def _set_observers() -> None:
         observing = observing or bool(cls._observers)
         classes += cls.__subclasses__()
     _observing = observing
+    for listener in _observing_listeners:
+        listener(observing)
 
 
 def _tell(observer: object, event: str, *args: object) -> Any:

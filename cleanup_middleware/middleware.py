@@ -14,7 +14,7 @@ import os
 from contextlib import suppress
 from typing import TYPE_CHECKING, Literal
 
-from . import cleanup as _cleanup  # its _observing, read per request
+from . import cleanup as _cleanup
 from .cleanup import (
     ENVIRON_KEY,
     RaisingResponseCleanup,
@@ -48,6 +48,17 @@ if TYPE_CHECKING:
 CONFIG_ENV_VAR = "CLEANUP_MIDDLEWARE_CONFIG"
 
 __all__ = ["CleanupMiddleware", "wrap"]
+
+# cleanup._observing, kept up to date here by cleanup._set_observers for each request's test.
+_observing = _cleanup._observing
+
+
+def _set_observing(observing: bool) -> None:
+    global _observing
+    _observing = observing
+
+
+_cleanup._observing_listeners.append(_set_observing)
 
 
 class CleanupMiddleware:
@@ -201,7 +212,7 @@ class CleanupMiddleware:
         cleanup = environ[ENVIRON_KEY] = cleanup_class()
         cleanup._environ = environ
         cleanup._hooks = []
-        if _cleanup._observing:
+        if _observing:
             _entered(cleanup_class._observers, environ)
         substitute = None
         try:
