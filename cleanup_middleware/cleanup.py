@@ -718,15 +718,16 @@ def add_cleanup(
         raise not_wrapped(environ, "add_cleanup") from None
     if not callable(fn):
         raise not_callable("add_cleanup", "to run at close", fn)
-    hook = partial(fn, *args, **kwargs) if args or kwargs else fn
+    if args or kwargs:
+        fn = partial(fn, *args, **kwargs)
     # ResponseCleanup._register, inlined: the common case, kept one call deep.
     hooks = cleanup._hooks
     try:
-        hooks.append(hook)  # type: ignore[union-attr]
+        hooks.append(fn)  # type: ignore[union-attr]
     except AttributeError:
         raise closed_error("add_cleanup") from None
     if cleanup._hooks is not hooks:
-        cleanup._withdraw(hooks, hook, "add_cleanup")  # type: ignore[arg-type]
+        cleanup._withdraw(hooks, fn, "add_cleanup")  # type: ignore[arg-type]
 
 
 if SPEEDUPS and not TYPE_CHECKING:

@@ -235,12 +235,12 @@ class CleanupMiddleware:
             environ[FILE_WRAPPER_KEY] = substitute.file_wrapper
             if body is substitute.made:
                 return substitute.adopt(cleanup)
-        close_body = None
         if type(body) is list:
-            # The commonest body has no close() to look for.
+            # The commonest body (Pyramid's, Falcon's, Bottle's) has no close() to look for.
             cleanup._body = body
             cleanup._close_body = None
             return cleanup
+        close_body = None
         try:
             close_body = getattr(body, "close", None)
             if close_body is not None:
