@@ -5,8 +5,9 @@
 wrapper and never the ``Response``, so every ``call_on_close`` callback is dropped. Otherwise it
 wraps the body in a ``ClosingIterator`` that calls ``Response.close``, a Python call per chunk.
 Behind :class:`~cleanup_middleware.CleanupMiddleware` the mixin registers ``Response.close`` as a
-cleanup hook instead, in both cases, and hands the body over bare: the server keeps its file
-wrapper, and a body's chunks pass through no code of Werkzeug's or ours.
+cleanup hook instead, in both cases, and hands the body over without that wrapper: the server
+keeps its file wrapper, and a body's chunks pass through no code of ours (a body that is not
+passed through still goes through Werkzeug's ``iter_encoded()``, as it does without the mixin).
 """
 
 from __future__ import annotations
