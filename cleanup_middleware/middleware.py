@@ -325,6 +325,8 @@ def wrap(
     config: str | os.PathLike[str] | None = None,
     hooks: Sequence[Hook] | None = None,
     on_hook_error: Literal["log", "raise"] | None = None,
+    executor: Executor | None = None,
+    slow_hook_seconds: float | None = None,
 ) -> CleanupMiddleware:
     """Wrap ``app`` in :class:`~cleanup_middleware.CleanupMiddleware` with a configuration.
 
@@ -333,9 +335,9 @@ def wrap(
 
         gunicorn 'cleanup_middleware:wrap("myapp:app", config="cleanup.toml")'
 
-    The other arguments are the middleware's. The configuration is loaded, checked and imported
-    here: a mistake raises :class:`~cleanup_middleware.ConfigError`, and gunicorn does not
-    start.
+    The other arguments are :class:`CleanupMiddleware`'s. The configuration is loaded, checked
+    and imported here: a mistake raises :class:`~cleanup_middleware.ConfigError`, and gunicorn
+    does not start.
     """
     if isinstance(app, str):
         from .config import ConfigError, resolve
@@ -349,4 +351,11 @@ def wrap(
                 f"is not a WSGI application (an object of type {type(app).__name__}); name the "
                 'application itself, as in "myapp:app"',
             )
-    return CleanupMiddleware(app, config=config, hooks=hooks, on_hook_error=on_hook_error)
+    return CleanupMiddleware(
+        app,
+        config=config,
+        hooks=hooks,
+        on_hook_error=on_hook_error,
+        executor=executor,
+        slow_hook_seconds=slow_hook_seconds,
+    )

@@ -8,8 +8,11 @@ entry and the fix, and that the middleware is not built.
 from __future__ import annotations
 
 import contextlib
+import logging
 import textwrap
+import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -652,6 +655,21 @@ def test_code_hook_path_with_a_lone_surrogate() -> None:
 def test_code_hook_not_callable() -> None:
     with pytest.raises(ConfigError, match=r"^hooks=\[\.\.\.\] argument: hooks\[1\]\.call: 42 is"):
         CleanupMiddleware(app, hooks=[Hook(call=closed), Hook(call=42)])  # type: ignore[arg-type]
+
+
+def test_wrap_takes_every_argument_of_the_middleware(caplog: pytest.LogCaptureFixture) -> None:
+    executor = ThreadPoolExecutor(max_workers=1)
+    try:
+        wrapped = wrap(f"{HERE}:app", executor=executor, slow_hook_seconds=0.001)
+        assert wrapped.executor is executor
+        environ = create_environ()
+        body = wrapped(environ, start_response)
+        add_cleanup(environ, time.sleep, 0.01)
+        with caplog.at_level(logging.WARNING, logger="cleanup_middleware"):
+            body.close()
+        assert "over slow_hook_seconds=0.001" in caplog.text
+    finally:
+        executor.shutdown()
 
 
 def test_wrap_names_a_missing_app() -> None:
