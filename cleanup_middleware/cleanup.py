@@ -24,7 +24,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from functools import partial
 from time import perf_counter
 from types import GeneratorType, TracebackType
@@ -313,7 +313,8 @@ class _ContextExit(StandIn):
 
 
 class RunsLast(StandIn):
-    """A stand-in that runs after every hook and outcome callback: :func:`defer`'s hand-off.
+    """A stand-in that runs after every hook and outcome callback: :func:`defer`'s hand-off, and
+    :class:`_DropFailure`.
 
     Registered with ``last=True``, at the bottom of the stack; outcome callbacks are put above
     every one of them. Watchers are not shown it: they are shown the function it hands off when
@@ -321,6 +322,31 @@ class RunsLast(StandIn):
     """
 
     __slots__ = ()
+
+
+class _DropFailure(RunsLast):
+    """Forgets the request's recorded failure once every hook and outcome callback ran.
+
+    The exception's traceback holds the request's frames, which hold its environ, which holds
+    the response: kept, it would leave the request, and the application its frames refer to,
+    to the garbage collector.
+    """
+
+    __slots__ = ("cleanup",)
+
+    def __init__(self, cleanup: ResponseCleanup) -> None:
+        self.cleanup = cleanup
+
+    def __call__(self) -> None:
+        cleanup = self.cleanup
+        # Decided first: an outcome callback registered (from another thread) as close() ends
+        # still sees the request's outcome.
+        cleanup._succeeded()
+        del cleanup._failure
+
+    @property
+    def named_after(self) -> object:
+        return self.cleanup.record_failure
 
 
 class _OutcomeCall(StandIn):
@@ -453,7 +479,8 @@ class ResponseCleanup(_ResponseCleanupBase):
 
     @property
     def failure(self) -> BaseException | None:
-        """The exception this request failed with, once recorded; ``None`` until then."""
+        """The exception this request failed with, once recorded; ``None`` until then, and
+        again once every hook ran."""
         try:
             return self._failure
         except AttributeError:
@@ -463,12 +490,16 @@ class ResponseCleanup(_ResponseCleanupBase):
         """Note that the request failed although the application returned (an error page).
 
         Context managers entered with :func:`enter_context` are then told of ``exc`` at close
-        even when the server closes the body normally. The first failure recorded is kept. It
-        is kept here, not in the environ, so a middleware that copies the environ cannot lose it.
+        even when the server closes the body normally. The first failure recorded is kept, until
+        every hook ran. It is kept here, not in the environ, so a middleware that copies the
+        environ cannot lose it.
         """
         failure = self.failure
         if failure is None or failure is _UNKNOWN:
             self._failure = exc
+            # Once the response closed, nothing more runs, and the failure is kept.
+            with suppress(RuntimeError):
+                self._register(_DropFailure(self), "record_failure", last=True)
 
     def __copy__(self) -> ResponseCleanup:
         # The one registry of one request: a copy of the environ (shallow or deep) keeps it, so

@@ -213,11 +213,11 @@ def _serve_flask(app: Any, path: str) -> bytes:
         body.close()
 
 
-@pytest.mark.parametrize("served", [False, True], ids=["fresh", "after-requests"])
-def test_an_app_set_up_by_init_app_is_freed_at_refcount_zero(served: bool) -> None:
-    # Test suites make an app per test, and Flask tests for exactly this (its issue 3761). Not
-    # after a failed request: its exception, kept for enter_context, is in a cycle through its
-    # traceback's frames until the collector runs (as an exception kept anywhere would be).
+@pytest.mark.parametrize("served", ["fresh", "after-requests", "after-a-handled-error"])
+def test_an_app_set_up_by_init_app_is_freed_at_refcount_zero(served: str) -> None:
+    # Test suites make an app per test, and Flask tests for exactly this (its issue 3761). The
+    # exception of a failed request, recorded for enter_context, has the request's frames in
+    # its traceback, so it is dropped once the hooks ran.
     from flask import Flask
 
     import cleanup_middleware.flask
@@ -233,11 +233,22 @@ def test_an_app_set_up_by_init_app_is_freed_at_refcount_zero(served: bool) -> No
             add_cleanup(_flask_environ(), _noop)
             return "ok"
 
-        if served:
+        @app.get("/fails")
+        def fails() -> str:
+            add_cleanup(_flask_environ(), _noop)
+            raise LookupError("answered by the error handler")
+
+        @app.errorhandler(LookupError)
+        def answer(error: LookupError) -> tuple[str, int]:
+            return "answered", 500
+
+        if served == "after-requests":
             app.response_class = type("Later", (app.response_class,), {})  # mixed in per request
             assert _serve_flask(app, "/works") == b"ok"
+        elif served == "after-a-handled-error":
+            assert _serve_flask(app, "/fails") == b"answered"
         ref = weakref.ref(app)
-        del app, works
+        del app, works, fails, answer
         assert ref() is None, _referrers(ref)
     finally:
         gc.enable()
