@@ -164,8 +164,8 @@ _process_observers: tuple[_Observer, ...] = ()
 # than a class attribute (Python 3.11 does not specialise those).
 _observing = False
 # Called with the new _observing when it changes: a module that tests it per request keeps a
-# global of its own, which a request reads more cheaply than this module's attribute (some 360
-# instructions on Python 3.10, 90 on 3.11).
+# global of its own, which a request reads more cheaply than this module's attribute (callgrind:
+# 285 instructions a request on Python 3.10, 25 to 41 on 3.11 to 3.13).
 _observing_listeners: list[Callable[[bool], None]] = []
 
 
